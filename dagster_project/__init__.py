@@ -1,0 +1,1 @@
+"""Dagster orchestration over `etl/`: partitions, assets, checks, schedule and the `etl` CLI."""

@@ -1,0 +1,43 @@
+"""Asset checks of a loaded partition: the specs, and their results from `etl.checks`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+
+from etl import checks
+
+PARTITION_CHECKS = {
+    "conservation": ("tracks", dg.AssetCheckSeverity.ERROR, "lines read = accepted + quarantined + blank: nothing lost"),
+    "unique_message_id": ("tracks", dg.AssetCheckSeverity.ERROR, "no message_id twice in the partition"),
+    "schema_matches_contract": ("tracks", dg.AssetCheckSeverity.ERROR, "tracks and quarantine columns and types match the contract"),
+    "quarantine_rate": ("quarantine", dg.AssetCheckSeverity.WARN, "share of quarantined messages under the configured threshold"),
+}
+
+
+def partition_check_specs() -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=asset, description=description)
+        for name, (asset, _, description) in PARTITION_CHECKS.items()
+    ]
+
+
+def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> Iterator[dg.AssetCheckResult]:
+    outcomes = {
+        "conservation": checks.conservation(warehouse, day),
+        "unique_message_id": checks.unique_message_id(warehouse, day),
+        "schema_matches_contract": checks.schema_matches_contract(warehouse, day),
+        "quarantine_rate": checks.quarantine_rate(warehouse, day, quarantine_warn_rate),
+    }
+    for name, outcome in outcomes.items():
+        asset, severity, _ = PARTITION_CHECKS[name]
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key=asset,
+            passed=outcome.passed,
+            severity=severity,
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )

@@ -1,0 +1,160 @@
+"""`etl`: run the Dagster assets of trackhouse from a shell, one received day at a time."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.assets import build_load_asset
+from dagster_project.partitions import received_days
+from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
+from etl.catalog import DATABASE_FILE
+from etl.pipeline import DaySummary
+from etl.read import DAY_FOLDER, list_days
+from etl.write import read_manifest
+
+EXAMPLES = """examples:
+  etl run                                        every day folder under data/samples
+  etl run --logs /var/log/track --date 2025-01-14
+  etl run --logs /var/log/track --from 2025-01-01 --to 2025-01-31 --warehouse /srv/warehouse
+"""
+QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class UsageError(Exception):
+    """A problem the user can fix by changing the command; the message says how."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def iso_date(text: str) -> str:
+    try:
+        if not DAY_FOLDER.match(text):
+            raise ValueError(text)
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD, e.g. 2025-01-14") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="etl",
+        description="trackhouse: load track-event logs into a Parquet + DuckDB warehouse.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    run = commands.add_parser(
+        "run",
+        help="load received days (the Dagster partition assets), then print a summary per day",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--logs", default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
+    run.add_argument("--warehouse", default=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE), help="warehouse root (default: %(default)s)")
+    one_or_range = run.add_mutually_exclusive_group()
+    one_or_range.add_argument("--date", type=iso_date, help="load only this received day, e.g. 2025-01-14")
+    one_or_range.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
+    run.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, e.g. 2025-01-31")
+    return parser
+
+
+def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None) -> list[str]:
+    if not logs.is_dir():
+        raise UsageError(f"logs folder {logs} does not exist: pass --logs DIR, a folder of YYYY-MM-DD day folders")
+    available = list_days(logs)
+    if not available:
+        raise UsageError(f"no YYYY-MM-DD day folders under {logs}: put each day's log files in a folder named after it")
+    if date:
+        if date not in available:
+            raise UsageError(f"no folder {logs / date}: days available run from {available[0]} to {available[-1]}")
+        return [date]
+    if start and end and start > end:
+        raise UsageError(f"--from {start} is after --to {end}: swap them")
+    days = [d for d in available if (not start or d >= start) and (not end or d <= end)]
+    if not days:
+        raise UsageError(f"no day folders between {start or 'the first'} and {end or 'the last'} under {logs}")
+    return days
+
+
+def ensure_writable(warehouse: Path) -> None:
+    try:
+        warehouse.mkdir(parents=True, exist_ok=True)
+        probe = warehouse / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise RuntimeError(f"cannot write to warehouse {warehouse} ({error.strerror}): pass --warehouse DIR you can write") from None
+
+
+def dagster_instance() -> dg.DagsterInstance:
+    """The persistent instance when DAGSTER_HOME is set (runs show in the UI), else a throwaway one."""
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def format_summaries(summaries: list[DaySummary]) -> str:
+    header = f"{'received_date':<14}{'files':>6}{'lines':>9}{'blank':>7}{'accepted':>10}{'quarantined':>13}{'duplicates':>12}"
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        lines.append(
+            f"{s.received_date:<14}{len(s.files):>6}{s.lines:>9}{s.blank_lines:>7}{s.accepted:>10}{s.quarantined:>13}{s.duplicates:>12}"
+        )
+        if s.quarantined_by_reason:
+            lines.append("  quarantined by reason: " + ", ".join(f"{r} {n}" for r, n in s.quarantined_by_reason.items()))
+        if s.ignored_files:
+            lines.append("  ignored (not log files): " + ", ".join(s.ignored_files))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrackhouseConfig(logs_root=args.logs, warehouse_root=args.warehouse)
+    days = chosen_days(config.logs, args.date, args.start, args.end)
+    ensure_writable(config.warehouse)
+    load_asset = build_load_asset(received_days(config.logs))
+    instance = dagster_instance()
+    summaries = []
+    for day in days:
+        print(f"loading {day}", file=sys.stderr)
+        result = dg.materialize(
+            [load_asset], partition_key=day, resources={"trackhouse": config},
+            instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False,
+        )
+        if not result.success:
+            failure = next((e.message for e in result.all_events if e.is_failure), "see the Dagster run log")
+            raise RuntimeError(f"loading {day} failed: {failure}")
+        summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
+    print(format_summaries(summaries))
+    print(f"\nwarehouse: {config.warehouse}  (DuckDB: {config.warehouse / DATABASE_FILE})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="  %(message)s", stream=sys.stderr)
+    logging.getLogger("trackhouse").setLevel(logging.INFO)
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except UsageError as error:
+        print(f"etl: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        print(f"etl: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if os.environ.get("TRACKHOUSE_DEBUG"):
+            raise
+        print(f"etl: unexpected {type(error).__name__}: {error} (rerun with TRACKHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

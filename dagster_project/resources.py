@@ -1,0 +1,37 @@
+"""Where the logs and the warehouse live: one resource, environment variables as defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from etl.checks import DEFAULT_QUARANTINE_WARN_RATE
+
+DEFAULT_LOGS = "data/samples"
+DEFAULT_WAREHOUSE = "data/warehouse"
+
+
+class TrackhouseConfig(dg.ConfigurableResource):
+    """Roots of a trackhouse deployment (TRACKHOUSE_LOGS, TRACKHOUSE_WAREHOUSE, TRACKHOUSE_QUARANTINE_WARN_RATE)."""
+
+    logs_root: str = DEFAULT_LOGS
+    warehouse_root: str = DEFAULT_WAREHOUSE
+    quarantine_warn_rate: float = DEFAULT_QUARANTINE_WARN_RATE
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.logs_root).resolve()
+
+    @property
+    def warehouse(self) -> Path:
+        return Path(self.warehouse_root).resolve()
+
+    @classmethod
+    def from_env(cls) -> "TrackhouseConfig":
+        return cls(
+            logs_root=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS),
+            warehouse_root=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
+            quarantine_warn_rate=float(os.environ.get("TRACKHOUSE_QUARANTINE_WARN_RATE", DEFAULT_QUARANTINE_WARN_RATE)),
+        )

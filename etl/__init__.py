@@ -1,0 +1,5 @@
+"""trackhouse: track-event logs to a validated, Hive-partitioned Parquet + DuckDB warehouse.
+
+Stages, one module each, data flowing one way: read → validate → normalize → write.
+This package never imports Dagster; `dagster_project` wires it.
+"""

@@ -1,0 +1,191 @@
+"""Turn validated chunks into typed Polars frames for `tracks` and `quarantine`.
+
+Python only gathers columns (one list comprehension per field, one walk per `context`);
+typing, skew correction, dates, names and defaults are Polars expressions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+import polars as pl
+
+from etl.names import event_table_name, key_name
+from etl.validate import ValidatedChunk
+
+UTC_MICROS = pl.Datetime("us", "UTC")
+
+TRACKS_STANDARD_SCHEMA: dict[str, pl.DataType] = {
+    "message_id": pl.String(),
+    "event": pl.String(),
+    "event_text": pl.String(),
+    "user_id": pl.String(),
+    "anonymous_id": pl.String(),
+    "timestamp": UTC_MICROS,
+    "original_timestamp": UTC_MICROS,
+    "sent_at": UTC_MICROS,
+    "received_at": UTC_MICROS,
+    "event_date": pl.Date(),
+    "revenue": pl.Float64(),
+    "currency": pl.String(),
+    "value": pl.Int64(),
+}
+TRACKS_TRAILING_SCHEMA: dict[str, pl.DataType] = {
+    "properties": pl.String(),
+    "source_file": pl.String(),
+    "line_number": pl.Int64(),
+    "batch_index": pl.Int64(),
+}
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "source_file": pl.String(),
+    "line_number": pl.Int64(),
+    "batch_index": pl.Int64(),
+    "raw": pl.String(),
+    "reason": pl.String(),
+    "reasons": pl.List(pl.String()),
+    "message": pl.String(),
+    "quarantined_at": UTC_MICROS,
+}
+DEFAULT_CURRENCY = "USD"
+
+
+def json_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+class SparseColumns:
+    """Columns that only some rows have (flattened `context`): row numbers and values per name."""
+
+    def __init__(self) -> None:
+        self.cells: dict[str, tuple[list[int], list[str]]] = {}
+
+    def put(self, name: str, row: int, value: str) -> None:
+        cell = self.cells.get(name)
+        if cell is None:
+            cell = self.cells[name] = ([], [])
+        cell[0].append(row)
+        cell[1].append(value)
+
+    def to_series(self, height: int) -> list[pl.Series]:
+        out = []
+        for name in sorted(self.cells):
+            rows, values = self.cells[name]
+            column = pl.Series(name, [None] * height, dtype=pl.String)
+            out.append(column.scatter(rows, values))
+        return out
+
+
+def flatten_context(node: Any, prefix: str, row: int, sink: SparseColumns) -> None:
+    """`context.page.url` → `context_page_url`; arrays and scalars become text (JSON for non-strings)."""
+    if isinstance(node, dict):
+        for key, child in node.items():
+            flatten_context(child, f"{prefix}_{key_name(key)}", row, sink)
+    elif node is not None:
+        sink.put(prefix, row, json_text(node))
+
+
+def context_columns(contexts: list[Any]) -> list[pl.Series]:
+    sink = SparseColumns()
+    for row, context in enumerate(contexts):
+        if context is not None:
+            flatten_context(context, "context", row, sink)
+    return sink.to_series(len(contexts))
+
+
+def corrected_timestamp() -> pl.Expr:
+    """Segment's skew correction: receivedAt − (sentAt − originalTimestamp) when no timestamp."""
+    ts, original, sent, received = (pl.col(n) for n in ("timestamp", "original_timestamp", "sent_at", "received_at"))
+    return (
+        pl.when(ts.is_not_null())
+        .then(ts)
+        .when(original.is_not_null() & sent.is_not_null() & received.is_not_null())
+        .then(received - (sent - original))
+        .otherwise(pl.coalesce(original, pl.col("occurred_at"), received))
+    )
+
+
+def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
+    """The accepted messages of a chunk as `tracks` rows (before de-duplication)."""
+    fields = chunk.accepted
+    if not fields:
+        return empty_tracks()
+    gathered = pl.DataFrame(
+        {
+            "message_id": [f.message_id for f in fields],
+            "event_text": [f.event_text for f in fields],
+            "user_id": [f.user_id for f in fields],
+            "anonymous_id": [f.anonymous_id for f in fields],
+            "timestamp": [f.timestamp for f in fields],
+            "original_timestamp": [f.original_timestamp for f in fields],
+            "sent_at": [f.sent_at for f in fields],
+            "received_at": [f.received_at for f in fields],
+            "occurred_at": [f.occurred_at for f in fields],
+            "revenue": [f.revenue for f in fields],
+            "currency": [f.currency for f in fields],
+            "value": [f.value for f in fields],
+            "properties": [orjson.dumps(f.properties) for f in fields],
+            "line_number": chunk.accepted_line,
+            "batch_index": chunk.accepted_batch_index,
+        },
+        schema_overrides={
+            "timestamp": pl.Int64, "original_timestamp": pl.Int64, "sent_at": pl.Int64,
+            "received_at": pl.Int64, "occurred_at": pl.Int64, "revenue": pl.Float64,
+            "currency": pl.String, "value": pl.Int64, "user_id": pl.String,
+            "anonymous_id": pl.String, "batch_index": pl.Int64, "properties": pl.Binary,
+        },
+    )
+    event_names = {text: event_table_name(text) for text in set(gathered["event_text"].to_list())}
+    standard = gathered.with_columns(
+        timestamp=corrected_timestamp(),
+    ).select(
+        "message_id",
+        pl.col("event_text").replace_strict(event_names, return_dtype=pl.String).alias("event"),
+        "event_text",
+        "user_id",
+        "anonymous_id",
+        *(pl.col(n).cast(UTC_MICROS) for n in ("timestamp", "original_timestamp", "sent_at", "received_at")),
+        pl.coalesce(pl.col("timestamp").cast(UTC_MICROS).dt.date(), pl.lit(received_date)).alias("event_date"),
+        "revenue",
+        pl.col("currency").fill_null(DEFAULT_CURRENCY),
+        "value",
+    )
+    trailing = gathered.select(
+        pl.col("properties").cast(pl.String),
+        pl.lit(chunk.source_file).alias("source_file"),
+        "line_number",
+        "batch_index",
+    )
+    return pl.concat([standard, pl.DataFrame(context_columns([f.context for f in fields])), trailing], how="horizontal")
+
+
+def empty_tracks() -> pl.DataFrame:
+    return pl.DataFrame(schema={**TRACKS_STANDARD_SCHEMA, **TRACKS_TRAILING_SCHEMA})
+
+
+def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.DataFrame:
+    """The chunk's rejected messages, `reason` being the first of `reasons`."""
+    frame = pl.DataFrame(
+        {
+            "line_number": chunk.quarantine_line,
+            "batch_index": chunk.quarantine_batch_index,
+            "raw": chunk.quarantine_raw,
+            "reasons": chunk.quarantine_reasons,
+            "message": chunk.quarantine_message,
+        },
+        schema={
+            "line_number": pl.Int64, "batch_index": pl.Int64, "raw": pl.String,
+            "reasons": pl.List(pl.String), "message": pl.String,
+        },
+    )
+    return frame.select(
+        pl.lit(chunk.source_file, pl.String).alias("source_file"),
+        "line_number",
+        "batch_index",
+        "raw",
+        pl.col("reasons").list.first().alias("reason"),
+        "reasons",
+        "message",
+        pl.lit(quarantined_at, UTC_MICROS).alias("quarantined_at"),
+    ).sort("line_number", "batch_index", nulls_last=False)

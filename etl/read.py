@@ -1,0 +1,185 @@
+"""Find a day's log files and stream their lines in bounded chunks.
+
+Lines leave this module as raw bytes with their provenance (file, first line number), so the
+validator can keep `raw` byte-exact. Memory is bounded by the chunk size, never by the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_SUFFIXES = (".ndjson", ".jsonl", ".json")
+DAY_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+CHUNK_BYTES = 8 * 1024 * 1024
+READ_BLOCK = 256 * 1024
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+@dataclass(frozen=True)
+class DayFiles:
+    """The log files of one received day, and what the folder held besides."""
+
+    day: str
+    files: list[Path]
+    ignored: list[Path]
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    """Complete lines of one file, newline-joined, starting at `first_line_number` (1-based)."""
+
+    source_file: str
+    first_line_number: int
+    blob: bytes
+
+    def lines(self) -> list[bytes]:
+        return self.blob.split(b"\n")
+
+
+@dataclass(frozen=True)
+class FileBreak:
+    """Where a file stopped being readable: the line it broke on and what of it was read."""
+
+    source_file: str
+    line_number: int
+    partial_line: bytes
+    error: str
+
+
+def is_day_folder(path: Path) -> bool:
+    if not (path.is_dir() and DAY_FOLDER.match(path.name)):
+        return False
+    try:
+        dt.date.fromisoformat(path.name)
+    except ValueError:
+        return False
+    return True
+
+
+def list_days(logs_root: Path) -> list[str]:
+    """Every `YYYY-MM-DD` folder under the logs root, ascending: the partitions that exist."""
+    if not logs_root.is_dir():
+        return []
+    return sorted(p.name for p in logs_root.iterdir() if is_day_folder(p))
+
+
+def is_log_file(path: Path) -> bool:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return path.is_file() and name.endswith(LOG_SUFFIXES)
+
+
+def list_day_files(logs_root: Path, day: str) -> DayFiles:
+    """Log files of a day sorted by name (the order that decides which duplicate wins)."""
+    folder = logs_root / day
+    entries = sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []
+    files = [p for p in entries if is_log_file(p)]
+    ignored = [p for p in entries if not is_log_file(p)]
+    return DayFiles(day=day, files=files, ignored=ignored)
+
+
+def _plain_blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            yield block
+
+
+def _salvage(decompressor, data: bytes) -> bytes:
+    """Decompress byte by byte up to a corrupt spot, so no line before the break is lost."""
+    out = []
+    for i in range(len(data)):
+        try:
+            out.append(decompressor.decompress(data[i : i + 1]))
+        except zlib.error:
+            break
+    return b"".join(out)
+
+
+class GzipBroken(Exception):
+    """A gzip stream that ended early or is corrupt; carries what was decompressed before it."""
+
+    def __init__(self, message: str, tail: bytes = b""):
+        super().__init__(message)
+        self.tail = tail
+
+
+def _gzip_blocks(path: Path) -> Iterator[bytes]:
+    """Decompress gzip (multi-member included) in bounded blocks; raise GzipBroken at a break."""
+    decompressor = zlib.decompressobj(GZIP_WBITS)
+    started = False
+    for block in _plain_blocks(path):
+        pending = block
+        while pending:
+            started = True
+            checkpoint = decompressor.copy()
+            try:
+                out = decompressor.decompress(pending, CHUNK_BYTES)
+            except zlib.error as error:
+                raise GzipBroken(f"corrupt gzip data ({error})", _salvage(checkpoint, pending)) from error
+            if out:
+                yield out
+            if decompressor.unconsumed_tail:
+                pending = decompressor.unconsumed_tail
+            elif decompressor.eof:
+                pending = decompressor.unused_data
+                if pending:
+                    decompressor = zlib.decompressobj(GZIP_WBITS)
+            else:
+                pending = b""
+    if not started:
+        raise GzipBroken("empty file, not a gzip stream")
+    if not decompressor.eof:
+        raise GzipBroken("gzip stream truncated before its end", decompressor.flush())
+
+
+def _decoded_blocks(path: Path) -> Iterator[bytes]:
+    if path.name.lower().endswith(".gz"):
+        return _gzip_blocks(path)
+    return _plain_blocks(path)
+
+
+def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk | FileBreak]:
+    """Yield a file's complete lines in chunks of about `chunk_bytes`, then a FileBreak if it broke.
+
+    A chunk never splits a line. A line cut off by a break is not yielded as a line: it is the
+    `partial_line` of the FileBreak, numbered as the line it would have been.
+    """
+    parts: list[bytes] = []
+    size = 0
+    next_line = 1
+
+    def complete_lines(data: bytes) -> tuple[LineChunk | None, bytes]:
+        nonlocal next_line
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return None, data
+        chunk = LineChunk(source_file, next_line, data[:cut])
+        next_line += chunk.blob.count(b"\n") + 1
+        return chunk, data[cut + 1 :]
+
+    try:
+        for block in _decoded_blocks(path):
+            parts.append(block)
+            size += len(block)
+            if size < chunk_bytes:
+                continue
+            chunk, rest = complete_lines(b"".join(parts))
+            parts, size = [rest], len(rest)
+            if chunk is not None:
+                yield chunk
+    except (GzipBroken, OSError) as error:
+        chunk, partial = complete_lines(b"".join(parts) + getattr(error, "tail", b""))
+        if chunk is not None:
+            yield chunk
+        yield FileBreak(source_file, next_line, partial, f"{type(error).__name__}: {error}")
+        return
+    rest = b"".join(parts)
+    if rest:
+        # A final newline ends the last line; it does not start another one.
+        yield LineChunk(source_file, next_line, rest[:-1] if rest.endswith(b"\n") else rest)

@@ -1,0 +1,514 @@
+"""Validate one track message against the contract (section 2) and type its standard fields.
+
+This is the one per-message step in Python: orjson parses, then every rule is checked in the
+contract's order so `reasons` lists all failures and `reason` is the first. An accepted
+message leaves here with its standard fields already typed, so nothing is parsed twice.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from etl.currencies import ISO_4217_CODES
+from etl.read import FileBreak, LineChunk
+
+REASON_CODES = (
+    "invalid_json",
+    "not_an_object",
+    "payload_too_large",
+    "unsupported_type",
+    "missing_event",
+    "event_too_long",
+    "reserved_event_name",
+    "missing_identity",
+    "identity_too_long",
+    "invalid_properties",
+    "too_many_properties",
+    "property_name_too_long",
+    "properties_too_deep",
+    "array_too_long",
+    "invalid_timestamp",
+    "invalid_revenue",
+    "invalid_currency",
+    "invalid_value",
+    "duplicate_message_id",
+    "unreadable_file",
+)
+
+MAX_PAYLOAD_BYTES = 32_768
+MAX_EVENT_CHARS = 200
+MAX_ID_CHARS = 255
+MAX_PROPERTIES = 255
+MAX_NAME_CHARS = 255
+MAX_PROPERTY_DEPTH = 3
+MAX_ARRAY_ITEMS = 255
+MAX_VALUE = 2_147_483_647
+TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+
+ISO_8601 = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?",
+    re.ASCII,
+)
+DECIMAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ONE_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+class Invalid:
+    """Marks a present value that failed its rule (distinct from None, which means absent)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID = Invalid()
+
+
+@dataclass(frozen=True, slots=True)
+class TrackFields:
+    """The typed standard fields of an accepted message, as `tracks` stores them."""
+
+    message_id: str
+    event_text: str
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: int | None
+    original_timestamp: int | None
+    sent_at: int | None
+    received_at: int | None
+    occurred_at: int | None
+    revenue: float | None
+    currency: str | None
+    value: int | None
+    context: Any
+    properties: dict
+
+
+def json_type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_timestamp(value: Any) -> int | None | Invalid:
+    """ISO-8601 (extended format) to UTC epoch microseconds; naive times are read as UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not ISO_8601.fullmatch(value):
+        return INVALID
+    try:
+        parsed = dt.datetime.fromisoformat(value.upper().replace(",", "."))
+    except ValueError:
+        return INVALID
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return (parsed - EPOCH) // ONE_MICROSECOND
+
+
+def parse_number(value: Any) -> float | None | Invalid:
+    """A JSON number or a plain decimal string ("19.99"); booleans are not numbers."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return INVALID
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and DECIMAL_NUMBER.fullmatch(value):
+        number = float(value)
+        return number if number not in (float("inf"), float("-inf")) else INVALID
+    return INVALID
+
+
+def parse_value_cents(value: Any) -> int | None | Invalid:
+    """Drip's `value`: a whole number of cents in 0 … 2,147,483,647 (integer strings too)."""
+    if type(value) is int:
+        return value if 0 <= value <= MAX_VALUE else INVALID
+    number = parse_number(value)
+    if number is None or number is INVALID:
+        return number
+    if not number.is_integer() or not 0 <= number <= MAX_VALUE:
+        return INVALID
+    return int(number)
+
+
+def parse_currency(value: Any) -> str | None | Invalid:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.upper() in ISO_4217_CODES:
+        return value.upper()
+    return INVALID
+
+
+def identity(value: Any) -> str | None:
+    """A usable id: a non-blank string as given, or an integer as its decimal string."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+def derived_message_id(message: dict) -> str:
+    """A stable id for a message without one: the same content always gets the same id."""
+    canonical = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+    return "th-" + hashlib.sha1(canonical).hexdigest()
+
+
+def scan_properties(properties: dict) -> tuple[bool, bool]:
+    """Return (a name over 255 characters, a key nested deeper than 3 levels) anywhere below."""
+    long_name = False
+    too_deep = False
+    stack: list[tuple[Any, int]] = [(properties, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if node and depth > MAX_PROPERTY_DEPTH:
+                too_deep = True
+            for key, child in node.items():
+                if len(key) > MAX_NAME_CHARS:
+                    long_name = True
+                if isinstance(child, dict):
+                    stack.append((child, depth + 1))
+                elif isinstance(child, list):
+                    stack.append((child, depth + 1))
+        elif isinstance(node, list):
+            # Arrays are transparent: an object inside one sits at the array's own level.
+            stack.extend((child, depth) for child in node if isinstance(child, (dict, list)))
+        if long_name and too_deep:
+            break
+    return long_name, too_deep
+
+
+def has_long_array(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            if len(node) > MAX_ARRAY_ITEMS:
+                return True
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[list[tuple[str, str]], TrackFields | None]:
+    """Check every rule after JSON parsing; return the failures (code, message) or the typed fields."""
+    failures: list[tuple[str, str]] = []
+    fail = failures.append
+
+    if size > MAX_PAYLOAD_BYTES:
+        fail(("payload_too_large", f"Event payload exceeds 32KB limit ({size:,} bytes)"))
+
+    kind = message.get("type")
+    if kind is not None and kind != "track":
+        fail(("unsupported_type", f"Unsupported message type {short_repr(kind)}: only track messages are loaded"))
+
+    event = message.get("event")
+    if not isinstance(event, str) or not event.strip():
+        fail(("missing_event", "Missing required field: event"))
+    else:
+        if len(event) > MAX_EVENT_CHARS:
+            fail(("event_too_long", f"Event name is {len(event)} characters, over the {MAX_EVENT_CHARS} limit"))
+        if event.startswith("$"):
+            fail(("reserved_event_name", "Event name cannot start with '$'"))
+
+    user_id = identity(message.get("userId"))
+    anonymous_id = identity(message.get("anonymousId"))
+    if user_id is None and anonymous_id is None:
+        fail(("missing_identity", "Missing identity: neither userId nor anonymousId is a non-empty string or an integer"))
+    else:
+        longest = max(len(user_id or ""), len(anonymous_id or ""))
+        if longest > MAX_ID_CHARS:
+            fail(("identity_too_long", f"userId or anonymousId is {longest} characters, over the {MAX_ID_CHARS} limit"))
+
+    properties = message.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        fail(("invalid_properties", f"properties must be an object, got {json_type_name(properties)}"))
+        properties = {}
+    else:
+        if len(properties) > MAX_PROPERTIES:
+            fail(("too_many_properties", f"properties has {len(properties)} keys, over the {MAX_PROPERTIES} limit"))
+        long_name, too_deep = scan_properties(properties)
+        if long_name:
+            fail(("property_name_too_long", f"A property name is over {MAX_NAME_CHARS} characters"))
+        if too_deep:
+            fail(("properties_too_deep", f"properties nest objects more than {MAX_PROPERTY_DEPTH} levels deep"))
+
+    if may_have_long_array and has_long_array(message):
+        fail(("array_too_long", f"An array has more than {MAX_ARRAY_ITEMS} elements"))
+
+    times = [parse_timestamp(message.get(name)) for name in TIMESTAMP_FIELDS]
+    occurred_at = parse_timestamp(properties.get("occurred_at"))
+    bad_times = [name for name, parsed in zip(TIMESTAMP_FIELDS, times) if parsed is INVALID]
+    if occurred_at is INVALID:
+        bad_times.append("properties.occurred_at")
+    if bad_times:
+        source = message if bad_times[0] in TIMESTAMP_FIELDS else properties
+        shown = short_repr(source.get(bad_times[0].removeprefix("properties.")))
+        fail(("invalid_timestamp", f"{', '.join(bad_times)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z): {shown}"))
+
+    revenue = parse_number(properties.get("revenue"))
+    if revenue is INVALID:
+        fail(("invalid_revenue", f"properties.revenue is not a number: {short_repr(properties['revenue'])}"))
+    currency = parse_currency(properties.get("currency"))
+    if currency is INVALID:
+        fail(("invalid_currency", f"properties.currency is not an ISO 4217 code: {short_repr(properties['currency'])}"))
+    value = parse_value_cents(properties.get("value"))
+    if value is INVALID:
+        fail(("invalid_value", f"properties.value is not a whole number in 0 … 2,147,483,647: {short_repr(properties['value'])}"))
+
+    if failures:
+        return failures, None
+    message_id = identity(message.get("messageId")) or derived_message_id(message)
+    timestamp, original_timestamp, sent_at, received_at = times
+    return [], TrackFields(
+        message_id=message_id,
+        event_text=event,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        timestamp=timestamp,
+        original_timestamp=original_timestamp,
+        sent_at=sent_at,
+        received_at=received_at,
+        occurred_at=occurred_at,
+        revenue=revenue,
+        currency=currency,
+        value=value,
+        context=message.get("context"),
+        properties=properties,
+    )
+
+
+def explain(failures: list[tuple[str, str]]) -> str:
+    """One line for a human: the first failure, and how many more there were."""
+    first = failures[0][1]
+    if len(failures) == 1:
+        return first
+    others = ", ".join(code for code, _ in failures[1:])
+    return f"{first} (also: {others})"
+
+
+def _replace_each_byte(error: UnicodeDecodeError) -> tuple[str, int]:
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+codecs.register_error("trackhouse_each_byte", _replace_each_byte)
+BOM = b"\xef\xbb\xbf"
+JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
+
+
+def decode_raw(line: bytes) -> str:
+    """The line as text; each byte that is not valid UTF-8 becomes one U+FFFD."""
+    return line.decode("utf-8", "trackhouse_each_byte")
+
+
+def batch_item_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of each element of the top-level "batch" array, as written in the line.
+
+    Used only for quarantined batch messages, so their `raw` is the exact original text.
+    The last top-level "batch" key wins, as in the JSON parser.
+    """
+    spans: list[tuple[int, int]] = []
+    current: list[tuple[int, int]] = []
+    depth = 0
+    key: str | None = None
+    expecting_key = False
+    in_batch = False
+    item_start = 0
+
+    def close_item(end: int) -> None:
+        start = item_start + (len(text[item_start:end]) - len(text[item_start:end].lstrip()))
+        stop = start + len(text[start:end].rstrip())
+        if stop > start:
+            current.append((start, stop))
+
+    for token in JSON_TOKEN.finditer(text):
+        kind = token.group()
+        if kind in "{[":
+            depth += 1
+            expecting_key = kind == "{" and depth == 1
+            if depth == 2 and kind == "[" and key == "batch":
+                in_batch, current, item_start = True, [], token.end()
+        elif kind in "}]":
+            if in_batch and depth == 2:
+                close_item(token.start())
+                spans, in_batch = current, False
+            depth -= 1
+        elif kind == ",":
+            if in_batch and depth == 2:
+                close_item(token.start())
+                item_start = token.end()
+            expecting_key = depth == 1
+        elif kind == ":":
+            expecting_key = False
+        elif depth == 1:
+            key = orjson.loads(kind) if expecting_key else None
+    return spans
+
+
+@dataclass(slots=True)
+class ValidatedChunk:
+    """What one chunk of lines became: accepted messages with provenance, quarantine rows, counts."""
+
+    source_file: str
+    accepted: list[TrackFields]
+    accepted_line: list[int]
+    accepted_batch_index: list[int | None]
+    accepted_raw: list[bytes | tuple[bytes, int]]
+    quarantine_line: list[int]
+    quarantine_batch_index: list[int | None]
+    quarantine_raw: list[str]
+    quarantine_reasons: list[list[str]]
+    quarantine_message: list[str]
+    lines: int = 0
+    blank_lines: int = 0
+    envelopes: int = 0
+    messages: int = 0
+
+    @classmethod
+    def empty(cls, source_file: str) -> "ValidatedChunk":
+        return cls(source_file, [], [], [], [], [], [], [], [], [])
+
+    def reject(self, line_number: int, batch_index: int | None, raw: str, failures: list[tuple[str, str]]) -> None:
+        self.quarantine_line.append(line_number)
+        self.quarantine_batch_index.append(batch_index)
+        self.quarantine_raw.append(raw)
+        self.quarantine_reasons.append([code for code, _ in failures])
+        self.quarantine_message.append(explain(failures))
+
+    def accept(self, line_number: int, batch_index: int | None, fields: TrackFields, raw: bytes | tuple[bytes, int]) -> None:
+        """Keep a reference to the raw line (not a copy) in case the message turns out a duplicate."""
+        self.accepted.append(fields)
+        self.accepted_line.append(line_number)
+        self.accepted_batch_index.append(batch_index)
+        self.accepted_raw.append(raw)
+
+    def accepted_raw_text(self, position: int) -> str:
+        raw = self.accepted_raw[position]
+        if isinstance(raw, bytes):
+            return raw.decode()
+        line, index = raw
+        text = line.decode()
+        start, end = batch_item_spans(text)[index]
+        return text[start:end]
+
+
+def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
+    failures = [("not_an_object", f"Expected a JSON object, got {json_type_name(value)}")]
+    if size > MAX_PAYLOAD_BYTES:
+        failures.append(("payload_too_large", f"Event payload exceeds 32KB limit ({size:,} bytes)"))
+    return failures
+
+
+def merge_envelope(message: dict, envelope: dict) -> dict:
+    """A batch message takes the envelope's sentAt and top-level context keys it lacks itself."""
+    sent_at = envelope.get("sentAt")
+    shared_context = envelope.get("context")
+    merged = message
+    if sent_at is not None and message.get("sentAt") is None:
+        merged = {**merged, "sentAt": sent_at}
+    own_context = message.get("context")
+    if isinstance(shared_context, dict) and shared_context and (own_context is None or isinstance(own_context, dict)):
+        merged = {**merged, "context": {**shared_context, **(own_context or {})}}
+    return merged
+
+
+def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, envelope: dict) -> None:
+    """Validate each message of a batch on its own; raw text is sliced only for rejects."""
+    text: str | None = None
+    spans: list[tuple[int, int]] = []
+
+    def item_text(index: int) -> str:
+        nonlocal text, spans
+        if text is None:
+            text = line.decode("utf-8")
+            spans = batch_item_spans(text)
+        start, end = spans[index]
+        return text[start:end]
+
+    may_have_long_array = line.count(b",") >= MAX_ARRAY_ITEMS
+    for index, item in enumerate(envelope["batch"]):
+        # Only a line over the limit can hold a message over it: measure exactly there alone.
+        size = len(item_text(index).encode()) if len(line) > MAX_PAYLOAD_BYTES else 0
+        if not isinstance(item, dict):
+            result.reject(line_number, index, item_text(index), not_an_object(item, size))
+            continue
+        failures, fields = check_message(merge_envelope(item, envelope), size, may_have_long_array)
+        if fields is None:
+            result.reject(line_number, index, item_text(index), failures)
+        else:
+            result.accept(line_number, index, fields, (line, index))
+
+
+def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.startswith(BOM):
+        line = line[3:]
+    if not line.strip():
+        result.blank_lines += 1
+        return
+    result.messages += 1
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raw = decode_raw(line)
+        detail = "not valid UTF-8" if "\ufffd" in raw and raw.encode() != line else str(error).split(":")[0]
+        result.reject(line_number, None, raw, [("invalid_json", f"Line is not valid JSON: {detail}")])
+        return
+    if not isinstance(parsed, dict):
+        result.reject(line_number, None, line.decode(), not_an_object(parsed, len(line)))
+        return
+    batch = parsed.get("batch")
+    if isinstance(batch, list) and batch:
+        result.envelopes += 1
+        result.messages += len(batch) - 1
+        validate_envelope(result, line_number, line, parsed)
+        return
+    failures, fields = check_message(parsed, len(line), line.count(b",") >= MAX_ARRAY_ITEMS)
+    if fields is None:
+        result.reject(line_number, None, line.decode(), failures)
+    else:
+        result.accept(line_number, None, fields, line)
+
+
+def validate_chunk(chunk: LineChunk) -> ValidatedChunk:
+    """Validate every line of a chunk; a bad line is quarantined, never raised."""
+    result = ValidatedChunk.empty(chunk.source_file)
+    for offset, line in enumerate(chunk.lines()):
+        result.lines += 1
+        validate_line(result, chunk.first_line_number + offset, line)
+    return result
+
+
+def validate_break(file_break: FileBreak) -> ValidatedChunk:
+    """The one quarantine row that records where a file stopped being readable."""
+    result = ValidatedChunk.empty(file_break.source_file)
+    message = f"File could not be read from line {file_break.line_number} on: {file_break.error}"
+    result.reject(file_break.line_number, None, decode_raw(file_break.partial_line), [("unreadable_file", message)])
+    return result

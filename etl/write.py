@@ -1,0 +1,102 @@
+"""Publish one received day's Parquet atomically: write aside, then swap folders in one step.
+
+Every table of a partition is written under `<warehouse>/.staging/<day>-<token>/` and swapped
+into `<table>/received_date=<day>/` with renameat2(RENAME_EXCHANGE), so a reader sees the old
+folder or the new one, never a mix; a run killed at any point leaves only staging debris,
+which the next run of that day removes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+STAGING = ".staging"
+MANIFESTS = "manifests"
+MANIFEST_FILE = "manifest.json"
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def partition_dir(warehouse: Path, table: str, day: str) -> Path:
+    return warehouse / table / f"received_date={day}"
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    return result == 0
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Make `staged` the folder at `target` in one atomic step; the old one ends up at `staged`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if not _exchange(staged, target):
+        # No renameat2 (not Linux): the shortest possible gap, a missing folder, never a mixed one.
+        aside = staged.with_name(staged.name + ".old")
+        os.rename(target, aside)
+        os.rename(staged, target)
+        os.rename(aside, staged)
+
+
+class PartitionWriter:
+    """Collects a day's files aside and publishes them all on `publish()`; discards on error."""
+
+    def __init__(self, warehouse: Path, day: str) -> None:
+        self.warehouse = warehouse
+        self.day = day
+        staging_root = warehouse / STAGING
+        staging_root.mkdir(parents=True, exist_ok=True)
+        for debris in staging_root.glob(f"{day}-*"):
+            shutil.rmtree(debris, ignore_errors=True)
+        self.staging = staging_root / f"{day}-{uuid.uuid4().hex[:12]}"
+        self.staging.mkdir()
+        self.parts: dict[str, int] = {}
+
+    def __enter__(self) -> "PartitionWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def write(self, table: str, frame: pl.DataFrame) -> Path:
+        """Add one Parquet part to `table` for this day (zstd, numbered in write order)."""
+        folder = partition_dir(self.staging, table, self.day)
+        folder.mkdir(parents=True, exist_ok=True)
+        number = self.parts.get(table, 0)
+        self.parts[table] = number + 1
+        path = folder / f"part-{number:05d}.parquet"
+        frame.write_parquet(path, compression="zstd", statistics=True)
+        return path
+
+    def write_manifest(self, manifest: dict) -> None:
+        folder = partition_dir(self.staging, MANIFESTS, self.day)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        self.parts.setdefault(MANIFESTS, 1)
+
+    def publish(self, retired_tables: list[str] = ()) -> None:
+        """Swap every staged table in; remove this day from `retired_tables` it no longer has."""
+        for table in self.parts:
+            swap_in(partition_dir(self.staging, table, self.day), partition_dir(self.warehouse, table, self.day))
+        for table in retired_tables:
+            if table not in self.parts:
+                shutil.rmtree(partition_dir(self.warehouse, table, self.day), ignore_errors=True)
+
+
+def read_manifest(warehouse: Path, day: str) -> dict | None:
+    path = partition_dir(warehouse, MANIFESTS, day) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.exists() else None
