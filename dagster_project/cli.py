@@ -137,9 +137,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_progress() -> None:
+    """Print the pipeline's per-file progress and warnings to stderr, once per process."""
+    logger = logging.getLogger("trackhouse")
+    logger.handlers = [h for h in logger.handlers if not getattr(h, "trackhouse_cli", False)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    handler.trackhouse_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="  %(message)s", stream=sys.stderr)
-    logging.getLogger("trackhouse").setLevel(logging.INFO)
+    show_progress()
     try:
         args = build_parser().parse_args(argv)
         return run(args)

@@ -56,8 +56,9 @@ def conservation(warehouse: Path, day: str) -> CheckOutcome:
         "tracks_rows": accepted,
         "quarantine_rows": quarantined,
     }
-    passed = accepted + quarantined == expected
-    verdict = "nothing lost" if passed else f"{expected - accepted - quarantined:+d} rows unaccounted for"
+    missing = expected - accepted - quarantined
+    passed = missing == 0
+    verdict = "nothing lost" if passed else f"{missing} missing" if missing > 0 else f"{-missing} more rows than messages read"
     return CheckOutcome(passed, f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict}", metadata)
 
 

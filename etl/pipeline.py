@@ -16,7 +16,7 @@ import polars as pl
 
 from etl.dedupe import SeenMessageIds
 from etl.normalize import empty_tracks, quarantine_frame, tracks_frame
-from etl.read import FileBreak, list_day_files, read_chunks
+from etl.read import CHUNK_BYTES, FileBreak, list_day_files, read_chunks
 from etl.validate import ValidatedChunk, validate_break, validate_chunk
 from etl.write import PartitionWriter
 
@@ -67,7 +67,7 @@ def duplicate_rows(chunk: ValidatedChunk, tracks: pl.DataFrame, duplicate: pl.Se
         )
 
 
-def load_day(logs_root: Path, warehouse: Path, day: str) -> DaySummary:
+def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUNK_BYTES) -> DaySummary:
     """Load every log file of `day` into its warehouse partition, replacing it atomically."""
     received_date = dt.date.fromisoformat(day)
     quarantined_at = dt.datetime.now(dt.UTC)
@@ -83,7 +83,7 @@ def load_day(logs_root: Path, warehouse: Path, day: str) -> DaySummary:
         for path in day_files.files:
             source = relative_source(logs_root, path)
             log.info("%s: reading %s", day, source)
-            for piece in read_chunks(path, source):
+            for piece in read_chunks(path, source, chunk_bytes):
                 if isinstance(piece, FileBreak):
                     chunk = validate_break(piece)
                     summary.unreadable_files += 1

@@ -84,9 +84,9 @@ def list_day_files(logs_root: Path, day: str) -> DayFiles:
     return DayFiles(day=day, files=files, ignored=ignored)
 
 
-def _plain_blocks(path: Path) -> Iterator[bytes]:
+def _plain_blocks(path: Path, block_size: int) -> Iterator[bytes]:
     with path.open("rb") as handle:
-        while block := handle.read(READ_BLOCK):
+        while block := handle.read(block_size):
             yield block
 
 
@@ -109,17 +109,17 @@ class GzipBroken(Exception):
         self.tail = tail
 
 
-def _gzip_blocks(path: Path) -> Iterator[bytes]:
+def _gzip_blocks(path: Path, block_size: int) -> Iterator[bytes]:
     """Decompress gzip (multi-member included) in bounded blocks; raise GzipBroken at a break."""
     decompressor = zlib.decompressobj(GZIP_WBITS)
     started = False
-    for block in _plain_blocks(path):
+    for block in _plain_blocks(path, block_size):
         pending = block
         while pending:
             started = True
             checkpoint = decompressor.copy()
             try:
-                out = decompressor.decompress(pending, CHUNK_BYTES)
+                out = decompressor.decompress(pending, block_size)
             except zlib.error as error:
                 raise GzipBroken(f"corrupt gzip data ({error})", _salvage(checkpoint, pending)) from error
             if out:
@@ -138,10 +138,10 @@ def _gzip_blocks(path: Path) -> Iterator[bytes]:
         raise GzipBroken("gzip stream truncated before its end", decompressor.flush())
 
 
-def _decoded_blocks(path: Path) -> Iterator[bytes]:
+def _decoded_blocks(path: Path, block_size: int) -> Iterator[bytes]:
     if path.name.lower().endswith(".gz"):
-        return _gzip_blocks(path)
-    return _plain_blocks(path)
+        return _gzip_blocks(path, block_size)
+    return _plain_blocks(path, block_size)
 
 
 def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk | FileBreak]:
@@ -164,7 +164,7 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
         return chunk, data[cut + 1 :]
 
     try:
-        for block in _decoded_blocks(path):
+        for block in _decoded_blocks(path, min(READ_BLOCK, chunk_bytes)):
             parts.append(block)
             size += len(block)
             if size < chunk_bytes:

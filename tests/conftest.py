@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny log folders written inline, and a warehouse under tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+
+def line(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return orjson.dumps(value)
+
+
+def write_log(path: Path, lines: list, gzipped: bool | None = None) -> Path:
+    """Write lines (dicts become JSON, str/bytes as given) joined by newlines, gzipped for `.gz`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = b"".join(line(v) + b"\n" for v in lines)
+    if gzipped if gzipped is not None else path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+    return path
+
+
+def track(event: str = "Product Viewed", user_id="u1", **fields) -> dict:
+    message = {"type": "track", "event": event, "userId": user_id, **fields}
+    return {k: v for k, v in message.items() if v is not None}
+
+
+def query(warehouse: Path, sql: str) -> list[tuple]:
+    """Run SQL against warehouse.duckdb, read-only, as an analyst would."""
+    with duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    root = tmp_path / "logs"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse"

@@ -1,0 +1,80 @@
+"""`etl run`: exit codes, one-line errors and the per-day summary."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import query, track, write_log
+
+from dagster_project.cli import main
+
+
+def run(*args: str) -> int:
+    return main(["run", *args])
+
+
+def test_run_loads_every_day_folder_and_prints_a_summary(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1"), track(messageId="m1")])
+    write_log(logs / "2025-01-15" / "a.jsonl", [track(), "[]", ""])
+    (logs / "2025-01-15" / "notes.txt").write_text("not a log")
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    out = capsys.readouterr()
+    assert "2025-01-14" in out.out and "2025-01-15" in out.out
+    assert "duplicate_message_id 1" in out.out and "not_an_object 1" in out.out
+    assert "notes.txt" in out.out and "notes.txt" in out.err
+    assert "reading 2025-01-15/a.jsonl" in out.err
+    assert query(warehouse, "select count(*) from tracks") == [(2,)]
+
+
+def test_run_with_a_range_loads_only_the_days_inside_it(logs, warehouse, capsys):
+    for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track(messageId=day)])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse), "--from", "2025-01-14", "--to", "2025-01-15") == 0
+    assert query(warehouse, "select message_id from tracks order by 1") == [("2025-01-14",), ("2025-01-15",)]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("etl: ")
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--date", "2025-13-01"], "is not a date: use YYYY-MM-DD"),
+        (["--date", "20250114"], "is not a date: use YYYY-MM-DD"),
+        (["--date", "2025-01-20"], "no folder"),
+        (["--from", "2025-01-15", "--to", "2025-01-01"], "swap them"),
+        (["--from", "2026-01-01"], "no day folders between"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(logs, warehouse, capsys, args, expected):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse), *args) == 2
+    assert expected in one_line_error(capsys)
+
+
+def test_missing_logs_folder_exits_2(tmp_path, capsys):
+    assert run("--logs", str(tmp_path / "absent"), "--warehouse", str(tmp_path / "w")) == 2
+    assert "does not exist" in one_line_error(capsys)
+
+
+def test_logs_folder_without_day_folders_exits_2(logs, warehouse, capsys):
+    (logs / "not-a-day").mkdir()
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
+    assert "no YYYY-MM-DD day folders" in one_line_error(capsys)
+
+
+def test_unwritable_warehouse_exits_1(logs, tmp_path, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert run("--logs", str(logs), "--warehouse", str(blocker / "warehouse")) == 1
+    assert "cannot write to warehouse" in one_line_error(capsys)
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    assert "etl run --logs /var/log/track --date 2025-01-14" in capsys.readouterr().out

@@ -1,0 +1,85 @@
+"""The real Dagster assets, run with `dagster.materialize` on temporary folders."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+from conftest import query, track, write_log
+
+from dagster_project.assets import build_load_asset
+from dagster_project.definitions import LOAD_JOB, build_definitions
+from dagster_project.partitions import received_days
+from dagster_project.resources import TrackhouseConfig
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def two_days(logs):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1"), track("Order Completed", messageId="m2")])
+    write_log(logs / "2025-01-15" / "b.ndjson.gz", [track(messageId="m3"), "garbage", ""])
+
+
+def materialize_day(config: TrackhouseConfig, day: str) -> dg.ExecuteInProcessResult:
+    asset = build_load_asset(received_days(config.logs))
+    return dg.materialize([asset], partition_key=day, resources={"trackhouse": config}, run_config=QUIET)
+
+
+def test_definitions_load_with_a_job_schedule_and_partitions_from_the_folders(logs, warehouse):
+    two_days(logs)
+    defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def(LOAD_JOB)
+    keys = job.partitions_def.get_partition_keys()
+    assert keys[0] == "2025-01-14" and "2025-01-15" in keys
+
+
+def test_daily_schedule_asks_for_yesterdays_partition(logs, warehouse):
+    two_days(logs)
+    defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
+    schedule = defs.resolve_schedule_def("daily_load")
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2025, 1, 16, 1, 30, tzinfo=dt.UTC))
+    request = schedule(context)
+    assert request.partition_key == "2025-01-15"
+
+
+def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    for day, accepted, quarantined in (("2025-01-14", 2, 0), ("2025-01-15", 1, 1)):
+        result = materialize_day(config, day)
+        assert result.success
+        evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert evaluations == {
+            "conservation": True, "unique_message_id": True, "schema_matches_contract": True,
+            "quarantine_rate": quarantined == 0,
+        }
+        metadata = {
+            m.step_materialization_data.materialization.asset_key.to_user_string():
+            m.step_materialization_data.materialization.metadata
+            for m in result.get_asset_materialization_events()
+        }
+        assert metadata["tracks"]["rows"] == dg.MetadataValue.int(accepted)
+        assert metadata["quarantine"]["rows"] == dg.MetadataValue.int(quarantined)
+        assert "`invalid_json`" in metadata["quarantine"]["by_reason"].value or quarantined == 0
+    assert query(warehouse, "select received_date, count(*) from tracks group by 1 order by 1") == [
+        (dt.date(2025, 1, 14), 2), (dt.date(2025, 1, 15), 1),
+    ]
+
+
+def test_quarantine_rate_check_warns_through_dagster(logs, warehouse):
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse), quarantine_warn_rate=0.9)
+    result = materialize_day(config, "2025-01-15")
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()}["quarantine_rate"] is True
+    strict = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse), quarantine_warn_rate=0.1)
+    evaluation = next(e for e in materialize_day(strict, "2025-01-15").get_asset_check_evaluations() if e.check_name == "quarantine_rate")
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_a_day_with_no_folder_loads_as_an_empty_partition(logs, warehouse):
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    result = materialize_day(config, "2025-01-16")
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())

@@ -1,0 +1,237 @@
+"""A received day through the whole library: what `tracks` and `quarantine` hold, and how they are published."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import query, track, write_log
+
+from etl import checks
+from etl.catalog import refresh_catalog
+from etl.pipeline import load_day
+from etl.write import PartitionWriter, partition_dir
+
+DAY = "2025-01-15"
+UTC = dt.UTC
+
+
+def tracks_rows(warehouse: Path, day: str = DAY) -> pl.DataFrame:
+    """All parts of a day in write order (parts may differ in their `context_` columns)."""
+    parts = sorted(partition_dir(warehouse, "tracks", day).glob("*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+
+
+def quarantine_rows(warehouse: Path, day: str = DAY) -> pl.DataFrame:
+    return pl.read_parquet(partition_dir(warehouse, "quarantine", day) / "*.parquet")
+
+
+def test_accepted_event_has_typed_standard_fields_and_flattened_context(logs, warehouse):
+    write_log(logs / DAY / "web.ndjson", [track(
+        "Order Completed", user_id=4242, anonymousId="a-1", messageId="m-1",
+        timestamp="2025-01-15T10:00:00.123Z", receivedAt="2025-01-15T10:00:01Z",
+        properties={"revenue": "19.99", "currency": "eur", "productName": "Mug"},
+        context={"page": {"url": "https://shop.example/checkout"}, "campaign": {"source": "google"}, "active": True},
+    )])
+    load_day(logs, warehouse, DAY)
+    row = tracks_rows(warehouse).row(0, named=True)
+    assert row["message_id"] == "m-1"
+    assert row["event"] == "order_completed"
+    assert row["event_text"] == "Order Completed"
+    assert row["user_id"] == "4242"
+    assert row["anonymous_id"] == "a-1"
+    assert row["timestamp"] == dt.datetime(2025, 1, 15, 10, 0, 0, 123000, tzinfo=UTC)
+    assert row["event_date"] == dt.date(2025, 1, 15)
+    assert row["revenue"] == pytest.approx(19.99)
+    assert row["currency"] == "EUR"
+    assert row["context_page_url"] == "https://shop.example/checkout"
+    assert row["context_campaign_source"] == "google"
+    assert row["context_active"] == "true"
+    assert row["properties"] == '{"revenue":"19.99","currency":"eur","productName":"Mug"}'
+    assert (row["source_file"], row["line_number"], row["batch_index"]) == (f"{DAY}/web.ndjson", 1, None)
+
+
+def test_missing_currency_means_usd(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(properties={"revenue": 5})])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["currency"].to_list() == ["USD"]
+
+
+def test_timestamp_is_corrected_for_client_clock_skew(logs, warehouse):
+    # The client clock is 10 minutes fast: sent 10:10 by its clock, received 10:00 by ours.
+    write_log(logs / DAY / "a.ndjson", [track(
+        originalTimestamp="2025-01-15T10:05:00Z", sentAt="2025-01-15T10:10:00Z", receivedAt="2025-01-15T10:00:00Z",
+    )])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["timestamp"].to_list() == [dt.datetime(2025, 1, 15, 9, 55, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"originalTimestamp": "2025-01-14T08:00:00Z"}, dt.datetime(2025, 1, 14, 8, tzinfo=UTC)),
+        ({"properties": {"occurred_at": "2025-01-13T07:00:00Z"}}, dt.datetime(2025, 1, 13, 7, tzinfo=UTC)),
+        ({"receivedAt": "2025-01-15T06:00:00Z"}, dt.datetime(2025, 1, 15, 6, tzinfo=UTC)),
+    ],
+)
+def test_timestamp_falls_back_to_original_then_occurred_at_then_received(logs, warehouse, fields, expected):
+    write_log(logs / DAY / "a.ndjson", [track(**fields)])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["timestamp"].to_list() == [expected]
+
+
+def test_without_any_time_event_date_is_the_received_day_and_received_at_is_null(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track()])
+    load_day(logs, warehouse, DAY)
+    row = tracks_rows(warehouse).row(0, named=True)
+    assert (row["timestamp"], row["received_at"], row["event_date"]) == (None, None, dt.date(2025, 1, 15))
+
+
+def test_late_event_keeps_the_day_it_happened(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(timestamp="2025-01-12T23:59:00Z")])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["event_date"].to_list() == [dt.date(2025, 1, 12)]
+
+
+def test_duplicate_message_id_first_by_file_name_then_line_wins(logs, warehouse):
+    write_log(logs / DAY / "b.ndjson", [track("From B", messageId="dup")])
+    write_log(logs / DAY / "a.ndjson", [track("First In A", messageId="dup"), track("Second In A", messageId="dup")])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["event_text"].to_list() == ["First In A"]
+    quarantined = quarantine_rows(warehouse).sort("source_file", "line_number")
+    assert quarantined.select("source_file", "line_number", "reason").rows() == [
+        (f"{DAY}/a.ndjson", 2, "duplicate_message_id"),
+        (f"{DAY}/b.ndjson", 1, "duplicate_message_id"),
+    ]
+    assert '"From B"' in quarantined["raw"][1]
+
+
+def test_duplicates_are_found_across_chunks(logs, warehouse):
+    lines = [track(messageId=f"m{i % 7}", user_id=f"u{i}") for i in range(30)]
+    write_log(logs / DAY / "a.ndjson", lines)
+    summary = load_day(logs, warehouse, DAY, chunk_bytes=64)
+    assert len(list(partition_dir(warehouse, "tracks", DAY).glob("*.parquet"))) > 1
+    assert sorted(tracks_rows(warehouse)["user_id"].to_list()) == sorted(f"u{i}" for i in range(7))
+    assert summary.duplicates == 23
+
+
+def test_duplicate_inside_a_batch_keeps_its_exact_raw_text(logs, warehouse):
+    envelope = '{"batch": [ {"event":"A","userId":"u","messageId":"x"} ,  {"messageId":"x", "event":"B","userId":"u"} ]}'
+    write_log(logs / DAY / "a.ndjson", [envelope])
+    load_day(logs, warehouse, DAY)
+    assert quarantine_rows(warehouse).select("batch_index", "raw").rows() == [(1, '{"messageId":"x", "event":"B","userId":"u"}')]
+
+
+def test_rerun_replaces_exactly_its_partition(logs, warehouse):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track("Day One")])
+    write_log(logs / DAY / "a.ndjson", [track("Day Two")])
+    load_day(logs, warehouse, "2025-01-14")
+    load_day(logs, warehouse, DAY)
+    other = {p: p.stat().st_ino for p in partition_dir(warehouse, "tracks", "2025-01-14").glob("*")}
+    write_log(logs / DAY / "a.ndjson", [track("Day Two Corrected"), track("Day Two Extra")])
+    load_day(logs, warehouse, DAY)
+    assert {p: p.stat().st_ino for p in partition_dir(warehouse, "tracks", "2025-01-14").glob("*")} == other
+    assert sorted(tracks_rows(warehouse)["event_text"].to_list()) == ["Day Two Corrected", "Day Two Extra"]
+
+
+def test_two_runs_give_identical_rows(logs, warehouse, tmp_path):
+    write_log(logs / DAY / "a.ndjson", [track(), "not json", track("No Id"), {"batch": [track("In Batch"), 3]}])
+    load_day(logs, warehouse, DAY)
+    first = (tracks_rows(warehouse), quarantine_rows(warehouse).drop("quarantined_at"))
+    load_day(logs, warehouse, DAY)
+    second = (tracks_rows(warehouse), quarantine_rows(warehouse).drop("quarantined_at"))
+    assert first[0].equals(second[0]) and first[1].equals(second[1])
+
+
+def test_a_run_killed_before_publishing_leaves_the_previous_partition(logs, warehouse, monkeypatch):
+    write_log(logs / DAY / "a.ndjson", [track("Before")])
+    load_day(logs, warehouse, DAY)
+    write_log(logs / DAY / "a.ndjson", [track("After")])
+
+    def killed(self, retired_tables=()):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(PartitionWriter, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["event_text"].to_list() == ["Before"]
+    monkeypatch.undo()
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["event_text"].to_list() == ["After"]
+    assert list((warehouse / ".staging").iterdir()) == []
+
+
+def test_every_day_has_tracks_and_quarantine_files_even_when_empty(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", ["", "   "])
+    summary = load_day(logs, warehouse, DAY)
+    assert (summary.lines, summary.blank_lines, summary.accepted, summary.quarantined) == (2, 2, 0, 0)
+    assert list(partition_dir(warehouse, "tracks", DAY).glob("*.parquet"))
+    assert list(partition_dir(warehouse, "quarantine", DAY).glob("*.parquet"))
+
+
+def test_warehouse_duckdb_answers_from_any_working_directory(logs, warehouse, tmp_path, monkeypatch):
+    write_log(logs / DAY / "a.ndjson", [track(), track("Other")])
+    load_day(logs, warehouse, DAY)
+    refresh_catalog(warehouse)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert query(warehouse, "select count(*), min(received_date) from tracks") == [(2, dt.date(2025, 1, 15))]
+    assert query(warehouse, "select count(*) from quarantine") == [(0,)]
+
+
+def test_readers_keep_the_last_complete_catalog_while_it_is_rebuilt(logs, warehouse):
+    import duckdb
+
+    write_log(logs / DAY / "a.ndjson", [track()])
+    load_day(logs, warehouse, DAY)
+    refresh_catalog(warehouse)
+    reader = duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True)
+    refresh_catalog(warehouse)
+    assert reader.execute("select count(*) from tracks").fetchone() == (1,)
+    reader.close()
+
+
+# Each check must fail on a partition crafted to break the property it proves.
+
+
+def loaded_day(logs: Path, warehouse: Path) -> None:
+    write_log(logs / DAY / "a.ndjson", [track(messageId="m1"), track(messageId="m2"), "oops"])
+    load_day(logs, warehouse, DAY)
+
+
+def test_conservation_check_passes_on_a_clean_load_and_fails_when_rows_go_missing(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.conservation(warehouse, DAY).passed
+    for part in partition_dir(warehouse, "quarantine", DAY).glob("*.parquet"):
+        os.remove(part)
+    outcome = checks.conservation(warehouse, DAY)
+    assert not outcome.passed and outcome.description.endswith("1 missing")
+
+
+def test_unique_message_id_check_fails_on_a_repeated_id(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.unique_message_id(warehouse, DAY).passed
+    folder = partition_dir(warehouse, "tracks", DAY)
+    pl.read_parquet(folder / "part-00000.parquet").head(1).write_parquet(folder / "part-99999.parquet")
+    assert not checks.unique_message_id(warehouse, DAY).passed
+
+
+def test_quarantine_rate_check_fails_above_its_threshold(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.quarantine_rate(warehouse, DAY, warn_above=0.5).passed
+    outcome = checks.quarantine_rate(warehouse, DAY, warn_above=0.2)
+    assert not outcome.passed and outcome.metadata["quarantine_rate"] == pytest.approx(1 / 3)
+
+
+def test_schema_check_fails_on_a_column_of_the_wrong_type(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.schema_matches_contract(warehouse, DAY).passed
+    folder = partition_dir(warehouse, "tracks", DAY)
+    broken = pl.read_parquet(folder / "part-00000.parquet").with_columns(pl.col("line_number").cast(pl.String))
+    broken.write_parquet(folder / "part-00000.parquet")
+    outcome = checks.schema_matches_contract(warehouse, DAY)
+    assert not outcome.passed and "line_number is String" in outcome.description
