@@ -16,8 +16,21 @@ from pathlib import Path
 
 import duckdb
 
+from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
+
 DATABASE_FILE = "warehouse.duckdb"
 LOCK_FILE = ".catalog.lock"
+EVENTS_SCHEMA = "events"
+BASE_VIEWS = ("tracks", "quarantine", "discards")
+DUCKDB_TYPES = {
+    "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
+    "string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "json": "VARCHAR",
+}
+EVENT_LEADING = (
+    "message_id", "event", "event_text", "user_id", "anonymous_id", "timestamp", "original_timestamp",
+    "sent_at", "received_at", "event_date",
+)
+EVENT_TRAILING = ("source_file", "line_number", "batch_index")
 
 
 def quote_identifier(name: str) -> str:
@@ -53,11 +66,35 @@ def parquet_source(folder: Path) -> str | None:
 
 def table_folders(warehouse: Path) -> dict[str, Path]:
     """View name → Parquet folder, for the base tables that exist in the warehouse."""
-    folders = {}
-    for name in ("tracks", "quarantine", "discards"):
-        if (warehouse / name).is_dir():
-            folders[name] = warehouse / name
-    return folders
+    return {name: warehouse / name for name in BASE_VIEWS if (warehouse / name).is_dir()}
+
+
+def registered_columns(warehouse: Path) -> dict[str, list[Column]]:
+    if not (warehouse / REGISTRY_FILE).exists():
+        return {}
+    registry = SchemaRegistry(warehouse)
+    try:
+        return registry.all_events()
+    finally:
+        registry.close()
+
+
+def event_view_sql(connection: duckdb.DuckDBPyConnection, source: str, properties: list[Column]) -> str:
+    """Standard, context and provenance columns as written, then every registered property column
+    cast to its registry type (NULL for partitions written before the column existed)."""
+    present = {row[0] for row in connection.execute(f"describe select * from {source}").fetchall()}
+    context = sorted(c for c in present if c.startswith("context_"))
+    selected = [quote_identifier(c) for c in (*EVENT_LEADING, *context, *EVENT_TRAILING) if c in present]
+    for column in properties:
+        value = quote_identifier(column.name) if column.name in present else "NULL"
+        selected.append(f"cast({value} as {DUCKDB_TYPES[column.type]}) as {quote_identifier(column.name)}")
+    selected.append("received_date")
+    return f"select {', '.join(selected)} from {source}"
+
+
+def event_view_name(event: str, taken: set[str]) -> str:
+    """A view named after the event, unless that name is a base table or model (then `event_<name>`)."""
+    return f"event_{event}" if event in taken else event
 
 
 @contextlib.contextmanager
@@ -82,8 +119,24 @@ def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -
         connection.execute(f"create or replace view {quote_identifier(name)} as {select}")
 
 
+def create_event_views(connection: duckdb.DuckDBPyConnection, warehouse: Path, taken: set[str]) -> None:
+    """One view per event table: in schema `events`, and under its own name in the main schema."""
+    folder = warehouse / "events"
+    if not folder.is_dir():
+        return
+    registry = registered_columns(warehouse)
+    connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
+    for table in sorted(p for p in folder.iterdir() if p.is_dir()):
+        source = parquet_source(table)
+        if source is None:
+            continue
+        select = event_view_sql(connection, source, registry.get(table.name, []))
+        connection.execute(f"create or replace view {EVENTS_SCHEMA}.{quote_identifier(table.name)} as {select}")
+        connection.execute(f"create or replace view {quote_identifier(event_view_name(table.name, taken))} as {select}")
+
+
 def refresh_catalog(warehouse: Path, extra_views: dict[str, str] | None = None) -> Path:
-    """Rebuild `warehouse.duckdb` with a view per table (plus `extra_views`), under the writer lock."""
+    """Rebuild `warehouse.duckdb` with a view per table and per event (plus `extra_views`), under the writer lock."""
     views = {}
     for name, folder in table_folders(warehouse).items():
         source = parquet_source(folder)
@@ -92,4 +145,5 @@ def refresh_catalog(warehouse: Path, extra_views: dict[str, str] | None = None) 
     views.update(extra_views or {})
     with writer_lock(warehouse), rebuilt_database(warehouse) as connection:
         create_views(connection, views)
+        create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views))
     return warehouse / DATABASE_FILE

@@ -189,3 +189,7 @@ def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.D
         "message",
         pl.lit(quarantined_at, UTC_MICROS).alias("quarantined_at"),
     ).sort("line_number", "batch_index", nulls_last=False)
+
+
+def empty_quarantine() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)

@@ -15,15 +15,19 @@ from pathlib import Path
 import polars as pl
 
 from etl.dedupe import SeenMessageIds
-from etl.normalize import empty_tracks, quarantine_frame, tracks_frame
+from etl.events import EventTables, empty_discards, event_tables
+from etl.normalize import empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, list_day_files, read_chunks
 from etl.validate import ValidatedChunk, validate_break, validate_chunk
+from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
 
 log = logging.getLogger("trackhouse")
 
 TRACKS = "tracks"
 QUARANTINE = "quarantine"
+DISCARDS = "discards"
+EVENTS = "events"
 
 
 @dataclass
@@ -41,6 +45,9 @@ class DaySummary:
     quarantined: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     unreadable_files: int = 0
+    event_rows: dict[str, int] = field(default_factory=dict)
+    discards: int = 0
+    values_over_column_cap: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -67,6 +74,33 @@ def duplicate_rows(chunk: ValidatedChunk, tracks: pl.DataFrame, duplicate: pl.Se
         )
 
 
+@dataclass
+class ChunkOutput:
+    tracks: pl.DataFrame
+    quarantine: pl.DataFrame
+    events: EventTables
+
+
+def process_chunk(
+    chunk: ValidatedChunk, received_date: dt.date, quarantined_at: dt.datetime,
+    seen: SeenMessageIds, registry: SchemaRegistry,
+) -> ChunkOutput:
+    """Normalize a validated chunk, move in-partition duplicates to quarantine, split by event."""
+    tracks = tracks_frame(chunk, received_date)
+    fields = chunk.accepted
+    duplicate = seen.mark_duplicates(tracks["message_id"])
+    if duplicate.any():
+        duplicate_rows(chunk, tracks, duplicate)
+        tracks = tracks.filter(~duplicate)
+        fields = [f for f, dup in zip(fields, duplicate.to_list()) if not dup]
+    return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, fields, registry))
+
+
+def existing_event_tables(warehouse: Path) -> list[str]:
+    folder = warehouse / EVENTS
+    return [f"{EVENTS}/{p.name}" for p in folder.iterdir()] if folder.is_dir() else []
+
+
 def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUNK_BYTES) -> DaySummary:
     """Load every log file of `day` into its warehouse partition, replacing it atomically."""
     received_date = dt.date.fromisoformat(day)
@@ -77,9 +111,10 @@ def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUN
     for ignored in summary.ignored_files:
         log.warning("ignored %s: not a .ndjson/.jsonl/.json(.gz) log file", ignored)
     reasons: Counter[str] = Counter()
+    event_rows: Counter[str] = Counter()
     seen = SeenMessageIds()
+    registry = SchemaRegistry(warehouse)
     with PartitionWriter(warehouse, day) as writer:
-        wrote_tracks = False
         for path in day_files.files:
             source = relative_source(logs_root, path)
             log.info("%s: reading %s", day, source)
@@ -90,30 +125,30 @@ def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUN
                     log.warning("%s: unreadable from line %d on (%s)", source, piece.line_number, piece.error)
                 else:
                     chunk = validate_chunk(piece)
-                tracks = tracks_frame(chunk, received_date)
-                duplicate = seen.mark_duplicates(tracks["message_id"])
-                if duplicate.any():
-                    duplicate_rows(chunk, tracks, duplicate)
-                    tracks = tracks.filter(~duplicate)
-                quarantine = quarantine_frame(chunk, quarantined_at)
-                if tracks.height:
-                    writer.write(TRACKS, tracks)
-                    wrote_tracks = True
-                if quarantine.height:
-                    writer.write(QUARANTINE, quarantine)
-                reasons.update(quarantine["reason"].to_list())
+                out = process_chunk(chunk, received_date, quarantined_at, seen, registry)
+                writer.append(TRACKS, out.tracks)
+                writer.append(QUARANTINE, out.quarantine)
+                writer.append(DISCARDS, out.events.discards_frame())
+                for event, frame in out.events.frames.items():
+                    writer.append(f"{EVENTS}/{event}", frame)
+                    event_rows[event] += frame.height
+                reasons.update(out.quarantine["reason"].to_list())
                 summary.lines += chunk.lines
                 summary.blank_lines += chunk.blank_lines
                 summary.envelopes += chunk.envelopes
                 summary.messages += chunk.messages
-                summary.accepted += tracks.height
-                summary.quarantined += quarantine.height
-        # Every day has every table, even empty, so views and schemas never miss a partition.
-        if not wrote_tracks:
-            writer.write(TRACKS, empty_tracks())
-        if QUARANTINE not in writer.parts:
-            writer.write(QUARANTINE, quarantine_frame(ValidatedChunk.empty(""), quarantined_at))
+                summary.accepted += out.tracks.height
+                summary.quarantined += out.quarantine.height
+                summary.discards += out.events.discards_frame().height
+                summary.values_over_column_cap += out.events.over_cap_values
+        writer.flush_all()
+        # Every day has these tables, even empty, so views and schemas never miss a partition.
+        for table, empty in ((TRACKS, empty_tracks()), (QUARANTINE, empty_quarantine()), (DISCARDS, empty_discards())):
+            if table not in writer.parts:
+                writer.write(table, empty)
         summary.quarantined_by_reason = dict(sorted(reasons.items()))
+        summary.event_rows = dict(sorted(event_rows.items()))
         writer.write_manifest(summary.as_dict())
-        writer.publish()
+        writer.publish(retired_tables=existing_event_tables(warehouse))
+    registry.close()
     return summary

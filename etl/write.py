@@ -19,6 +19,8 @@ from pathlib import Path
 import polars as pl
 
 STAGING = ".staging"
+ROWS_PER_PART = 100_000
+MAX_BUFFERED_ROWS = 200_000
 MANIFESTS = "manifests"
 MANIFEST_FILE = "manifest.json"
 RENAME_EXCHANGE = 2
@@ -65,6 +67,8 @@ class PartitionWriter:
         self.staging = staging_root / f"{day}-{uuid.uuid4().hex[:12]}"
         self.staging.mkdir()
         self.parts: dict[str, int] = {}
+        self.buffers: dict[str, list[pl.DataFrame]] = {}
+        self.buffered_rows: dict[str, int] = {}
 
     def __enter__(self) -> "PartitionWriter":
         return self
@@ -82,6 +86,31 @@ class PartitionWriter:
         frame.write_parquet(path, compression="zstd", statistics=True)
         return path
 
+    def append(self, table: str, frame: pl.DataFrame) -> None:
+        """Buffer rows for `table`; write a part when it has enough, or when all buffers are full.
+
+        Fewer, larger parts make faster reads; the row budget keeps memory bounded whatever
+        the day's size.
+        """
+        if frame.height == 0:
+            return
+        self.buffers.setdefault(table, []).append(frame)
+        self.buffered_rows[table] = self.buffered_rows.get(table, 0) + frame.height
+        if self.buffered_rows[table] >= ROWS_PER_PART:
+            self.flush(table)
+        elif sum(self.buffered_rows.values()) >= MAX_BUFFERED_ROWS:
+            self.flush_all()
+
+    def flush(self, table: str) -> None:
+        frames = self.buffers.pop(table, [])
+        self.buffered_rows.pop(table, None)
+        if frames:
+            self.write(table, pl.concat(frames, how="diagonal_relaxed"))
+
+    def flush_all(self) -> None:
+        for table in list(self.buffers):
+            self.flush(table)
+
     def write_manifest(self, manifest: dict) -> None:
         folder = partition_dir(self.staging, MANIFESTS, self.day)
         folder.mkdir(parents=True, exist_ok=True)
@@ -90,6 +119,7 @@ class PartitionWriter:
 
     def publish(self, retired_tables: list[str] = ()) -> None:
         """Swap every staged table in; remove this day from `retired_tables` it no longer has."""
+        self.flush_all()
         for table in self.parts:
             swap_in(partition_dir(self.staging, table, self.day), partition_dir(self.warehouse, table, self.day))
         for table in retired_tables:

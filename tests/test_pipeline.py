@@ -13,6 +13,7 @@ from conftest import query, track, write_log
 from etl import checks
 from etl.catalog import refresh_catalog
 from etl.pipeline import load_day
+from etl.read import read_chunks
 from etl.write import PartitionWriter, partition_dir
 
 DAY = "2025-01-15"
@@ -111,9 +112,9 @@ def test_duplicate_message_id_first_by_file_name_then_line_wins(logs, warehouse)
 
 def test_duplicates_are_found_across_chunks(logs, warehouse):
     lines = [track(messageId=f"m{i % 7}", user_id=f"u{i}") for i in range(30)]
-    write_log(logs / DAY / "a.ndjson", lines)
+    path = write_log(logs / DAY / "a.ndjson", lines)
+    assert len(list(read_chunks(path, "a.ndjson", 64))) > 20
     summary = load_day(logs, warehouse, DAY, chunk_bytes=64)
-    assert len(list(partition_dir(warehouse, "tracks", DAY).glob("*.parquet"))) > 1
     assert sorted(tracks_rows(warehouse)["user_id"].to_list()) == sorted(f"u{i}" for i in range(7))
     assert summary.duplicates == 23
 

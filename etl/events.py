@@ -1,0 +1,185 @@
+"""Per-event tables: every accepted event's `properties` flattened into typed columns.
+
+Python walks each message's properties once, gathering values per (event, path); the schema
+registry names and types the columns; a value that does not fit its column's type becomes
+NULL there and one `discards` row, so nothing is lost and no type conflict fails a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+
+from etl.normalize import UTC_MICROS, json_text
+from etl.registry import CONVERTED_PROPERTIES, Column, SchemaRegistry, path_key
+from etl.validate import INVALID, TrackFields, parse_timestamp
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int": pl.Int64(), "float": pl.Float64(), "bool": pl.Boolean(),
+    "string": pl.String(), "timestamp": UTC_MICROS, "json": pl.String(),
+}
+EVENT_LEADING_COLUMNS = (
+    "message_id", "event", "event_text", "user_id", "anonymous_id", "timestamp", "original_timestamp",
+    "sent_at", "received_at", "event_date",
+)
+EVENT_PROVENANCE_COLUMNS = ("source_file", "line_number", "batch_index")
+DISCARDS_SCHEMA: dict[str, pl.DataType] = {
+    "event": pl.String(), "message_id": pl.String(), "column_name": pl.String(),
+    "value": pl.String(), "expected_type": pl.String(),
+}
+
+
+@dataclass
+class EventProperties:
+    """One event's rows in a chunk: their positions in `tracks`, and values per property path."""
+
+    positions: list[int] = field(default_factory=list)
+    cells: dict[tuple[str, ...], tuple[list[int], list[Any]]] = field(default_factory=dict)
+
+    def put(self, path: tuple[str, ...], row: int, value: Any) -> None:
+        cell = self.cells.get(path)
+        if cell is None:
+            cell = self.cells[path] = ([], [])
+        cell[0].append(row)
+        cell[1].append(value)
+
+
+def flatten_properties(node: dict, prefix: tuple[str, ...], row: int, sink: EventProperties) -> None:
+    for key, value in node.items():
+        if not prefix and key in CONVERTED_PROPERTIES:
+            continue
+        path = (*prefix, key)
+        if type(value) is dict:
+            flatten_properties(value, path, row, sink)
+        elif value is not None:
+            sink.put(path, row, value)
+
+
+def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
+    """Group the chunk's accepted messages by event and flatten their properties."""
+    by_event: dict[str, EventProperties] = {}
+    for position, (message, event) in enumerate(zip(fields, events)):
+        sink = by_event.get(event)
+        if sink is None:
+            sink = by_event[event] = EventProperties()
+        row = len(sink.positions)
+        sink.positions.append(position)
+        flatten_properties(message.properties, (), row, sink)
+        for name in CONVERTED_PROPERTIES:
+            converted = getattr(message, name)
+            if converted is not None:
+                sink.put((name,), row, converted)
+    return by_event
+
+
+def value_type(value: Any) -> str:
+    kind = type(value)
+    if kind is bool:
+        return "bool"
+    if kind is int:
+        return "int"
+    if kind is float:
+        return "float"
+    if kind is list:
+        return "json"
+    timestamp = parse_timestamp(value)
+    return "string" if timestamp is INVALID else "timestamp"
+
+
+def first_seen_type(values: list[Any]) -> str:
+    """The type of the first value; an int column seeing a float in the same chunk widens to float."""
+    kind = value_type(values[0])
+    if kind == "int" and any(type(v) is float for v in values):
+        return "float"
+    return kind
+
+
+def converted(value: Any, kind: str) -> Any:
+    """The value as stored in a column of `kind`, or INVALID when it does not fit."""
+    vtype = type(value)
+    if kind == "string":
+        return value if vtype is str else json_text(value)
+    if kind == "int":
+        return value if vtype is int and INT64_MIN <= value <= INT64_MAX else INVALID
+    if kind == "float":
+        return float(value) if vtype is float or (vtype is int and INT64_MIN <= value <= INT64_MAX) else INVALID
+    if kind == "bool":
+        return value if vtype is bool else INVALID
+    if kind == "timestamp":
+        return parse_timestamp(value) if vtype is str else INVALID
+    return orjson.dumps(value).decode() if vtype is list else INVALID
+
+
+@dataclass
+class EventTables:
+    """What one chunk adds to the per-event tables and to `discards`."""
+
+    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    discards: list[pl.DataFrame] = field(default_factory=list)
+    over_cap_values: int = 0
+
+    def discards_frame(self) -> pl.DataFrame:
+        return pl.concat(self.discards) if self.discards else empty_discards()
+
+
+def empty_discards() -> pl.DataFrame:
+    return pl.DataFrame(schema=DISCARDS_SCHEMA)
+
+
+def register_columns(registry: SchemaRegistry, event: str, cells: dict) -> dict[str, Column]:
+    """Ask the registry only when this chunk brings a path it lacks or an int column sees a float."""
+    known = registry.columns(event)
+    proposals = {}
+    for path, (_, values) in cells.items():
+        key = path_key(path)
+        column = known.get(key)
+        if column is None:
+            proposals[key] = (path, first_seen_type(values))
+        elif column.type == "int" and any(type(v) is float for v in values):
+            proposals[key] = (path, "float")
+    return registry.register(event, proposals) if proposals else known
+
+
+def event_tables(tracks: pl.DataFrame, fields: list[TrackFields], registry: SchemaRegistry) -> EventTables:
+    """Split a chunk's accepted rows into per-event frames with typed property columns."""
+    out = EventTables()
+    events = tracks["event"].to_list()
+    message_ids = tracks["message_id"]
+    base_columns = [
+        c for c in tracks.columns
+        if c in EVENT_LEADING_COLUMNS or c.startswith("context_") or c in EVENT_PROVENANCE_COLUMNS
+    ]
+    for event, gathered in gather_properties(fields, events).items():
+        columns = register_columns(registry, event, gathered.cells)
+        height = len(gathered.positions)
+        base = tracks.select(base_columns)[gathered.positions]
+        base = base.select(c for c in base.columns if not c.startswith("context_") or base[c].null_count() < height)
+        ids = message_ids.gather(gathered.positions)
+        series = []
+        for path, (rows, values) in gathered.cells.items():
+            column = columns.get(path_key(path))
+            if column is None:
+                out.over_cap_values += len(values)
+                continue
+            typed = [converted(v, column.type) for v in values]
+            fit = [(r, t) for r, t in zip(rows, typed) if t is not INVALID]
+            misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID]
+            dtype = pl.Int64() if column.type == "timestamp" else POLARS_TYPES[column.type]
+            values_series = pl.Series([t for _, t in fit], dtype=dtype)
+            full = pl.Series(column.name, [None] * height, dtype=dtype).scatter([r for r, _ in fit], values_series)
+            series.append((column.position, full.cast(POLARS_TYPES[column.type])))
+            if misfit:
+                out.discards.append(pl.DataFrame({
+                    "event": [event] * len(misfit),
+                    "message_id": ids.gather([r for r, _ in misfit]),
+                    "column_name": [column.name] * len(misfit),
+                    "value": [json_text(v) for _, v in misfit],
+                    "expected_type": [column.type] * len(misfit),
+                }, schema=DISCARDS_SCHEMA))
+        properties = [s for _, s in sorted(series, key=lambda item: item[0])]
+        out.frames[event] = pl.concat([base, pl.DataFrame(properties)], how="horizontal") if properties else base
+    return out

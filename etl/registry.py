@@ -1,0 +1,129 @@
+"""The schema registry: for each event table, its property columns in order, with their types.
+
+Names and types are fixed the first time a property path is seen anywhere in the warehouse
+(int may widen to float), so every partition reads with one schema and a rerun never renames
+a column. It lives in `<warehouse>/_registry.sqlite`; each update is one `BEGIN IMMEDIATE`
+transaction, so partition runs in parallel processes merge their columns instead of losing one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from etl.names import key_name
+
+REGISTRY_FILE = "_registry.sqlite"
+MAX_PROPERTY_COLUMNS = 1000
+PROPERTY_TYPES = ("int", "float", "bool", "string", "timestamp", "json")
+EVENT_STANDARD_COLUMNS = (
+    "message_id", "event", "event_text", "user_id", "anonymous_id", "timestamp", "original_timestamp",
+    "sent_at", "received_at", "event_date", "source_file", "line_number", "batch_index", "received_date",
+)
+# revenue, currency and value keep the names and converted types `tracks` gives them.
+CONVERTED_PROPERTIES = {"revenue": "float", "currency": "string", "value": "int"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    position: int
+
+
+def path_key(path: tuple[str, ...]) -> str:
+    return orjson.dumps(path).decode()
+
+
+def base_column_name(path: tuple[str, ...]) -> str:
+    """`("shippingAddress", "city")` → `shipping_address_city`, prefixed where it would clash."""
+    if len(path) == 1 and path[0] in CONVERTED_PROPERTIES:
+        return path[0]
+    name = "_".join(key_name(key) for key in path)
+    clashes = name in EVENT_STANDARD_COLUMNS or name in CONVERTED_PROPERTIES or name.startswith("context")
+    if not name or name[0].isdigit() or clashes:
+        name = f"property_{name}"
+    return name
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    if base not in taken:
+        return base
+    suffix = 2
+    while f"{base}_{suffix}" in taken:
+        suffix += 1
+    return f"{base}_{suffix}"
+
+
+class SchemaRegistry:
+    """Column names and types per event table, shared by every run on one warehouse."""
+
+    def __init__(self, warehouse: Path) -> None:
+        warehouse.mkdir(parents=True, exist_ok=True)
+        self.path = warehouse / REGISTRY_FILE
+        self.connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.connection.execute("pragma journal_mode=wal")
+        self.connection.execute(
+            "create table if not exists columns (event text not null, path text not null, name text not null,"
+            " type text not null, position integer not null, primary key (event, path), unique (event, name))"
+        )
+        self.cache: dict[str, dict[str, Column]] = {}
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def _load(self, event: str) -> dict[str, Column]:
+        rows = self.connection.execute(
+            "select path, name, type, position from columns where event = ? order by position", (event,)
+        ).fetchall()
+        return {path: Column(name, kind, position) for path, name, kind, position in rows}
+
+    def columns(self, event: str) -> dict[str, Column]:
+        """Property path key → column, in registry order (cached; refreshed on every register)."""
+        if event not in self.cache:
+            self.cache[event] = self._load(event)
+        return self.cache[event]
+
+    def register(self, event: str, proposals: dict[str, tuple[tuple[str, ...], str]]) -> dict[str, Column]:
+        """Add new paths (first come keeps its name and type) and widen int to float; return the columns.
+
+        `proposals` maps path key → (path, type seen first). In one transaction: whatever
+        another process registered meanwhile wins, and paths past the column cap stay out.
+        """
+        connection = self.connection
+        connection.execute("begin immediate")
+        try:
+            current = self._load(event)
+            taken = {column.name for column in current.values()}
+            for key, (path, kind) in proposals.items():
+                existing = current.get(key)
+                if existing is None:
+                    if len(current) >= MAX_PROPERTY_COLUMNS:
+                        continue
+                    name = unique_name(base_column_name(path), taken)
+                    position = len(current)
+                    connection.execute(
+                        "insert into columns (event, path, name, type, position) values (?, ?, ?, ?, ?)",
+                        (event, key, name, kind, position),
+                    )
+                    current[key] = Column(name, kind, position)
+                    taken.add(name)
+                elif existing.type == "int" and kind == "float":
+                    connection.execute("update columns set type = 'float' where event = ? and path = ?", (event, key))
+                    current[key] = Column(existing.name, "float", existing.position)
+            connection.execute("commit")
+        except BaseException:
+            connection.execute("rollback")
+            raise
+        self.cache[event] = current
+        return current
+
+    def all_events(self) -> dict[str, list[Column]]:
+        rows = self.connection.execute("select event, name, type, position from columns order by event, position").fetchall()
+        out: dict[str, list[Column]] = {}
+        for event, name, kind, position in rows:
+            out.setdefault(event, []).append(Column(name, kind, position))
+        return out
