@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import polars as pl
 
 from etl.normalize import UTC_MICROS, json_text
@@ -111,7 +110,7 @@ def converted(value: Any, kind: str) -> Any:
         return value if vtype is bool else INVALID
     if kind == "timestamp":
         return parse_timestamp(value) if vtype is str else INVALID
-    return orjson.dumps(value).decode() if vtype is list else INVALID
+    return json_text(value) if vtype is list else INVALID
 
 
 @dataclass

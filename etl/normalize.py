@@ -9,11 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import orjson
 import polars as pl
 
 from etl.names import event_table_name, key_name
-from etl.validate import ValidatedChunk
+from etl.validate import ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 
@@ -52,7 +51,7 @@ DEFAULT_CURRENCY = "USD"
 
 
 def json_text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    return value if isinstance(value, str) else dump_json(value).decode()
 
 
 class SparseColumns:
@@ -125,7 +124,7 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
             "revenue": [f.revenue for f in fields],
             "currency": [f.currency for f in fields],
             "value": [f.value for f in fields],
-            "properties": [orjson.dumps(f.properties) for f in fields],
+            "properties": [dump_json(f.properties) for f in fields],
             "line_number": chunk.accepted_line,
             "batch_index": chunk.accepted_batch_index,
         },

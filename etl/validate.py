@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,14 @@ class TrackFields:
     properties: dict
 
 
+def dump_json(value: Any, sort_keys: bool = False) -> bytes:
+    """Compact JSON; the standard library only for integers past 64 bits, which orjson refuses."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode()
+
+
 def json_type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
@@ -108,7 +117,7 @@ def json_type_name(value: Any) -> str:
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    text = dump_json(value).decode() if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -172,7 +181,7 @@ def identity(value: Any) -> str | None:
 
 def derived_message_id(message: dict) -> str:
     """A stable id for a message without one: the same content always gets the same id."""
-    canonical = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+    canonical = dump_json(message, sort_keys=True)
     return "th-" + hashlib.sha1(canonical).hexdigest()
 
 
@@ -465,6 +474,31 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
             result.accept(line_number, index, fields, (line, index))
 
 
+ID_FIELDS = ("userId", "anonymousId")
+EXACT_FLOAT_LIMIT = 2.0**63
+
+
+def has_huge_integer_id(message: Any) -> bool:
+    """orjson reads integers past 64 bits as floats; an id like that needs the exact digits."""
+    if not isinstance(message, dict):
+        return False
+    return any(
+        type(value) is float and value.is_integer() and abs(value) >= EXACT_FLOAT_LIMIT
+        for value in (message.get(name) for name in ID_FIELDS)
+    )
+
+
+def parse_line(line: bytes) -> Any:
+    """orjson for speed; the standard library (exact big integers) only for a huge integer id."""
+    parsed = orjson.loads(line)
+    if isinstance(parsed, dict):
+        batch = parsed.get("batch")
+        items = batch if isinstance(batch, list) else [parsed]
+        if any(has_huge_integer_id(item) for item in items):
+            return json.loads(line)
+    return parsed
+
+
 def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None:
     if line.endswith(b"\r"):
         line = line[:-1]
@@ -475,7 +509,7 @@ def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None
         return
     result.messages += 1
     try:
-        parsed = orjson.loads(line)
+        parsed = parse_line(line)
     except orjson.JSONDecodeError as error:
         raw = decode_raw(line)
         detail = "not valid UTF-8" if "\ufffd" in raw and raw.encode() != line else str(error).split(":")[0]

@@ -1,0 +1,683 @@
+"""Validation rules of CONTRACT.md section 2, one test per rule, on the smallest inline input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from etl.normalize import quarantine_frame
+from etl.read import LineChunk
+from etl.validate import ValidatedChunk, validate_chunk
+
+# The reason codes in the order the contract's table lists (and checks) them.
+CONTRACT_ORDER = (
+    "invalid_json",
+    "not_an_object",
+    "payload_too_large",
+    "unsupported_type",
+    "missing_event",
+    "event_too_long",
+    "reserved_event_name",
+    "missing_identity",
+    "identity_too_long",
+    "invalid_properties",
+    "too_many_properties",
+    "property_name_too_long",
+    "properties_too_deep",
+    "array_too_long",
+    "invalid_timestamp",
+    "invalid_revenue",
+    "invalid_currency",
+    "invalid_value",
+    "duplicate_message_id",
+    "unreadable_file",
+)
+BOM = b"\xef\xbb\xbf"
+
+
+def validate(*lines: bytes | str | dict, first_line: int = 1) -> ValidatedChunk:
+    """Validate lines (bytes as given, str as UTF-8, dicts as compact JSON) as one chunk."""
+    encoded = [
+        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+        for line in lines
+    ]
+    return validate_chunk(LineChunk("2025-01-15/events.ndjson", first_line, b"\n".join(encoded)))
+
+
+def track(**fields) -> dict:
+    """The smallest accepted message, with `fields` added or replaced."""
+    return {"event": "Order Completed", "userId": "u1", **fields}
+
+
+def accepted(line):
+    result = validate(line)
+    assert result.quarantine_reasons == [], result.quarantine_message
+    assert len(result.accepted) == 1
+    return result.accepted[0]
+
+
+def reasons(line) -> list[str]:
+    result = validate(line)
+    assert result.accepted == []
+    assert len(result.quarantine_reasons) == 1
+    return result.quarantine_reasons[0]
+
+
+def quarantined_row(line) -> tuple[str, str, list[str]]:
+    """(raw, message, reasons) of the one quarantined row a line gives."""
+    result = validate(line)
+    assert result.accepted == [] and len(result.quarantine_raw) == 1
+    return result.quarantine_raw[0], result.quarantine_message[0], result.quarantine_reasons[0]
+
+
+def micros(iso: str) -> int:
+    return (dt.datetime.fromisoformat(iso) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def message_of_size(total_bytes: int, pad_char: str = "x") -> str:
+    """A valid message of exactly `total_bytes` UTF-8 bytes, padded with `pad_char` (then "x")."""
+    prefix, suffix = '{"event":"E","userId":"u","properties":{"p":"', '"}}'
+    room = total_bytes - len(prefix) - len(suffix)
+    width = len(pad_char.encode())
+    text = prefix + pad_char * (room // width) + "x" * (room % width) + suffix
+    assert len(text.encode()) == total_bytes
+    return text
+
+
+# --- invalid_json ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [b'{"event":"E","userId":"u"', b"not json", b"{'event': 'E'}", b'{"a":1}}'])
+def test_unparseable_line_is_invalid_json(line):
+    assert reasons(line)[0] == "invalid_json"
+
+
+def test_invalid_utf8_is_invalid_json_with_each_bad_byte_replaced():
+    raw, _, found = quarantined_row(b'{"e":"\xff\xfe"}')
+    assert found == ["invalid_json"]
+    assert raw == '{"e":"\ufffd\ufffd"}'
+
+
+def test_truncated_utf8_sequence_gives_one_replacement_per_byte():
+    raw, _, found = quarantined_row(b'{"e":"\xe2\x82"}')
+    assert found == ["invalid_json"]
+    assert raw == '{"e":"\ufffd\ufffd"}'
+
+
+def test_invalid_utf8_in_an_otherwise_valid_message_is_invalid_json():
+    raw, _, found = quarantined_row(b'{"event":"Caf\xe9","userId":"u"}')
+    assert found == ["invalid_json"]
+    assert raw == '{"event":"Caf\ufffd","userId":"u"}'
+
+
+# --- not_an_object --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["[1,2]", '"track"', "42", "null", "true", "[]"])
+def test_json_that_is_not_an_object_is_not_an_object(line):
+    assert reasons(line)[0] == "not_an_object"
+
+
+# --- payload_too_large ----------------------------------------------------------------------
+
+
+def test_message_of_exactly_32768_bytes_is_accepted():
+    accepted(message_of_size(32_768))
+
+
+def test_message_over_32768_bytes_is_payload_too_large():
+    assert reasons(message_of_size(32_769))[0] == "payload_too_large"
+
+
+def test_payload_size_is_counted_in_utf8_bytes_not_characters():
+    line = message_of_size(32_769, pad_char="é")
+    assert len(line) < 32_768
+    assert reasons(line)[0] == "payload_too_large"
+
+
+def test_batch_message_over_32kb_is_payload_too_large_on_its_own():
+    big = json.loads(message_of_size(32_769))
+    result = validate({"batch": [big, track()]})
+    assert result.quarantine_batch_index == [0]
+    assert result.quarantine_reasons[0][0] == "payload_too_large"
+    assert result.accepted_batch_index == [1]
+
+
+# --- unsupported_type -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["identify", "page", "screen", "group", "alias", "Track", 1])
+def test_non_track_type_is_unsupported_type(kind):
+    assert reasons(track(type=kind))[0] == "unsupported_type"
+
+
+def test_message_without_type_is_a_track():
+    assert accepted(track()).event_text == "Order Completed"
+    assert accepted(track(type="track")).event_text == "Order Completed"
+
+
+def test_unsupported_message_is_kept_in_quarantine_not_lost():
+    line = '{"type":"identify","userId":"u","traits":{"email":"a@b.c"}}'
+    raw, _, found = quarantined_row(line)
+    assert raw == line
+    assert found[0] == "unsupported_type"
+
+
+# --- missing_event --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{"userId": "u"}, {"userId": "u", "event": None}, {"userId": "u", "event": 5}, {"userId": "u", "event": ["E"]},
+     {"userId": "u", "event": ""}, {"userId": "u", "event": "  \t "}],
+    ids=["absent", "null", "number", "array", "empty", "blank"],
+)
+def test_absent_null_non_string_or_blank_event_is_missing_event(message):
+    _, text, found = quarantined_row(message)
+    assert found == ["missing_event"]
+    assert text == "Missing required field: event"
+
+
+# --- event_too_long -------------------------------------------------------------------------
+
+
+def test_event_of_200_characters_is_accepted():
+    assert accepted(track(event="e" * 200)).event_text == "e" * 200
+
+
+def test_event_over_200_characters_is_event_too_long():
+    assert reasons(track(event="e" * 201))[0] == "event_too_long"
+
+
+def test_event_length_is_counted_in_characters():
+    assert accepted(track(event="é" * 200)).event_text == "é" * 200
+
+
+# --- reserved_event_name --------------------------------------------------------------------
+
+
+def test_reserved_event_name_is_quarantined():
+    _, text, found = quarantined_row(track(event="$identify"))
+    assert found == ["reserved_event_name"]
+    assert "Event name cannot start with '$'" in text
+
+
+def test_dollar_inside_event_name_is_not_reserved():
+    assert accepted(track(event="Paid $5")).event_text == "Paid $5"
+
+
+# --- missing_identity -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [{}, {"userId": None}, {"userId": ""}, {"userId": "   "}, {"anonymousId": "\t"}, {"userId": True},
+     {"userId": False}, {"userId": 1.5}, {"anonymousId": 1e3}, {"userId": ["u"]}, {"userId": {"id": 1}}],
+    ids=["none", "null", "empty", "whitespace", "whitespace-anon", "true", "false", "fraction", "exponent",
+         "array", "object"],
+)
+def test_no_string_or_integer_id_is_missing_identity(ids):
+    assert reasons({"event": "E", **ids})[0] == "missing_identity"
+
+
+def test_true_and_fractional_ids_are_not_ids():
+    assert reasons('{"event":"E","userId":true}') == ["missing_identity"]
+    assert reasons('{"event":"E","userId":1.5}') == ["missing_identity"]
+    assert reasons('{"event":"E","anonymousId":1.0}') == ["missing_identity"]
+
+
+def test_anonymous_id_alone_identifies_a_message():
+    fields = accepted({"event": "E", "anonymousId": "anon-1"})
+    assert (fields.user_id, fields.anonymous_id) == (None, "anon-1")
+
+
+def test_whitespace_only_id_counts_as_absent():
+    fields = accepted({"event": "E", "userId": "   ", "anonymousId": "a"})
+    assert fields.user_id is None
+    assert fields.anonymous_id == "a"
+
+
+def test_ids_are_stored_untrimmed():
+    assert accepted(track(userId=" u1 ")).user_id == " u1 "
+
+
+@pytest.mark.parametrize("literal", ["18446744073709551616", "-9223372036854775809"])
+def test_integer_id_past_64_bits_keeps_its_exact_digits(literal):
+    line = '{"event":"E","userId":' + literal + "}"
+    assert accepted(line).user_id == literal
+
+
+def test_integer_user_id_is_stored_as_decimal_string():
+    assert accepted('{"event":"E","userId":42}').user_id == "42"
+    assert accepted('{"event":"E","anonymousId":-7}').anonymous_id == "-7"
+    assert accepted('{"event":"E","userId":9223372036854775807}').user_id == "9223372036854775807"
+
+
+# --- identity_too_long ----------------------------------------------------------------------
+
+
+def test_ids_of_255_characters_are_accepted():
+    fields = accepted({"event": "E", "userId": "u" * 255, "anonymousId": "a" * 255})
+    assert fields.user_id == "u" * 255
+
+
+@pytest.mark.parametrize("key", ["userId", "anonymousId"])
+def test_id_over_255_characters_is_identity_too_long(key):
+    assert reasons({"event": "E", "userId": "u", key: "x" * 256})[0] == "identity_too_long"
+
+
+# --- invalid_properties ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("properties", [[], [{"a": 1}], "x", 5, True])
+def test_properties_that_are_not_an_object_are_invalid_properties(properties):
+    assert reasons(track(properties=properties))[0] == "invalid_properties"
+
+
+def test_null_properties_are_accepted_as_empty():
+    assert accepted(track(properties=None)).properties == {}
+
+
+# --- too_many_properties --------------------------------------------------------------------
+
+
+def test_255_properties_are_accepted():
+    assert len(accepted(track(properties={f"p{i}": i for i in range(255)})).properties) == 255
+
+
+def test_more_than_255_properties_is_too_many_properties():
+    assert reasons(track(properties={f"p{i}": i for i in range(256)}))[0] == "too_many_properties"
+
+
+def test_property_count_is_top_level_only():
+    accepted(track(properties={"nested": {f"p{i}": i for i in range(256)}}))
+
+
+# --- property_name_too_long -----------------------------------------------------------------
+
+
+def test_property_name_of_255_characters_is_accepted():
+    accepted(track(properties={"k" * 255: 1, "a": {"b": {"k" * 255: 1}}}))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [{"k" * 256: 1}, {"a": {"b": {"k" * 256: 1}}}, {"items": [{"k" * 256: 1}]}],
+    ids=["top-level", "nested", "inside-array"],
+)
+def test_property_name_over_255_characters_at_any_depth_is_property_name_too_long(properties):
+    assert reasons(track(properties=properties))[0] == "property_name_too_long"
+
+
+# --- properties_too_deep --------------------------------------------------------------------
+
+
+def test_objects_three_levels_below_properties_are_accepted():
+    assert accepted(track(properties={"a": {"b": {"c": 1}}})).properties == {"a": {"b": {"c": 1}}}
+
+
+def test_objects_four_levels_below_properties_are_properties_too_deep():
+    assert reasons(track(properties={"a": {"b": {"c": {"d": 1}}}}))[0] == "properties_too_deep"
+
+
+# --- array_too_long -------------------------------------------------------------------------
+
+
+def test_array_of_255_elements_is_accepted():
+    accepted(track(properties={"items": list(range(255))}))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"properties": {"items": list(range(256))}},
+     {"properties": {"a": {"b": [list(range(256))]}}},
+     {"context": {"tags": ["t"] * 256}},
+     {"extra": [None] * 256}],
+    ids=["properties", "nested-in-properties", "context", "top-level"],
+)
+def test_array_over_255_elements_anywhere_is_array_too_long(where):
+    assert reasons(track(**where))[0] == "array_too_long"
+
+
+# --- invalid_timestamp ----------------------------------------------------------------------
+
+NOT_ISO_8601 = ["yesterday", "12/01/2025", "15.01.2025", 1736935800, 1736935800000, 1736935800.5, "1736935800",
+                "2025-W01-1", "20250115T100000Z", "20250115", "2025-02-30T00:00:00Z", "", True, {"t": 1}]
+
+
+@pytest.mark.parametrize("value", NOT_ISO_8601, ids=repr)
+def test_timestamp_that_is_not_iso_8601_is_invalid_timestamp(value):
+    assert reasons(track(timestamp=value))[0] == "invalid_timestamp"
+
+
+@pytest.mark.parametrize("field", ["timestamp", "originalTimestamp", "sentAt", "receivedAt"])
+def test_every_timestamp_field_is_checked(field):
+    assert reasons(track(**{field: "yesterday"}))[0] == "invalid_timestamp"
+
+
+@pytest.mark.parametrize("value", ["yesterday", 1736935800, "2025-W01-1"])
+def test_drip_occurred_at_property_is_checked(value):
+    assert reasons(track(properties={"occurred_at": value}))[0] == "invalid_timestamp"
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("2025-01-15T10:30:00Z", "2025-01-15T10:30:00+00:00"),
+     ("2025-01-15T10:30:00.123456+02:00", "2025-01-15T10:30:00.123456+02:00"),
+     ("2025-01-15", "2025-01-15T00:00:00+00:00")],
+)
+def test_iso_8601_timestamps_are_accepted_and_typed(value, expected):
+    fields = accepted(track(timestamp=value, sentAt=value, originalTimestamp=value, receivedAt=value,
+                            properties={"occurred_at": value}))
+    assert fields.timestamp == micros(expected)
+    assert (fields.sent_at, fields.original_timestamp, fields.received_at, fields.occurred_at) == (micros(expected),) * 4
+
+
+def test_null_timestamps_count_as_absent():
+    fields = accepted(track(timestamp=None, receivedAt=None))
+    assert (fields.timestamp, fields.received_at) == (None, None)
+
+
+# --- invalid_revenue ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("revenue", ["abc", "", "19,99", "$5", True, [1], {"amount": 1}], ids=repr)
+def test_revenue_that_is_not_a_number_is_invalid_revenue(revenue):
+    assert reasons(track(properties={"revenue": revenue}))[0] == "invalid_revenue"
+
+
+def test_numeric_string_revenue_is_converted_to_float():
+    revenue = accepted(track(properties={"revenue": "19.99"})).revenue
+    assert isinstance(revenue, float) and revenue == 19.99
+
+
+def test_number_revenue_is_accepted_as_float():
+    for given, expected in [(20, 20.0), (19.99, 19.99), ("1e3", 1000.0)]:
+        revenue = accepted(track(properties={"revenue": given})).revenue
+        assert type(revenue) is float and revenue == expected
+
+
+# --- invalid_currency -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("currency", ["DEM", "FRF", "HRK", "US", "EURO", "usd ", "", 978], ids=repr)
+def test_currency_that_is_not_a_current_iso_4217_code_is_invalid_currency(currency):
+    assert reasons(track(properties={"currency": currency}))[0] == "invalid_currency"
+
+
+def test_precious_metal_x_code_is_a_currency():
+    assert accepted(track(properties={"currency": "XAU"})).currency == "XAU"
+
+
+def test_currency_case_is_normalised_to_upper():
+    assert accepted(track(properties={"currency": "eur"})).currency == "EUR"
+
+
+# --- invalid_value --------------------------------------------------------------------------
+
+
+def test_value_at_the_int32_maximum_is_accepted():
+    assert accepted(track(properties={"value": 2147483647})).value == 2147483647
+    assert accepted(track(properties={"value": 0})).value == 0
+
+
+@pytest.mark.parametrize("value", [2147483648, -1, 20.5, "20.5", "abc", True, "2147483648"], ids=repr)
+def test_value_that_is_not_a_whole_number_in_range_is_invalid_value(value):
+    assert reasons(track(properties={"value": value}))[0] == "invalid_value"
+
+
+def test_integer_string_value_is_converted():
+    value = accepted(track(properties={"value": "2000"})).value
+    assert value == 2000 and type(value) is int
+
+
+# --- reasons, reason and message ------------------------------------------------------------
+
+
+def test_all_failing_rules_are_listed_in_contract_order_and_reason_is_the_first():
+    everything = {
+        "type": "page",
+        "event": "$" + "e" * 200,
+        "userId": "u" * 256,
+        "properties": {
+            **{f"p{i}": i for i in range(254)},
+            "k" * 256: {"b": {"c": {"d": 1}}},
+            "items": list(range(256)),
+            "occurred_at": "yesterday",
+            "revenue": "abc",
+            "currency": "DEM",
+            "value": -1,
+            "pad": "x" * 33_000,
+        },
+    }
+    missing = {"properties": [1], "sentAt": "yesterday"}
+    result = validate(everything, missing)
+    expected = [
+        ["payload_too_large", "unsupported_type", "event_too_long", "reserved_event_name", "identity_too_long",
+         "too_many_properties", "property_name_too_long", "properties_too_deep", "array_too_long",
+         "invalid_timestamp", "invalid_revenue", "invalid_currency", "invalid_value"],
+        ["missing_event", "missing_identity", "invalid_properties", "invalid_timestamp"],
+    ]
+    assert result.quarantine_reasons == expected
+    for found in result.quarantine_reasons:
+        assert found == sorted(found, key=CONTRACT_ORDER.index)
+    frame = quarantine_frame(result, dt.datetime(2025, 1, 15, tzinfo=dt.UTC))
+    assert frame["reason"].to_list() == ["payload_too_large", "missing_event"]
+    assert frame["reasons"].to_list() == expected
+
+
+def test_message_names_the_first_failure():
+    _, text, found = quarantined_row({"properties": [1]})
+    assert found == ["missing_event", "missing_identity", "invalid_properties"]
+    assert text.startswith("Missing required field: event")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b'{"event":', b'{"e":"\xff"}', "[1, 2]", track(type="a\nb\rc"),
+     track(event="$a\nb"), track(timestamp="2025\n01"), track(properties={"occurred_at": "x\r\ny"}),
+     track(properties={"revenue": "1\n2", "currency": "e\nur", "value": "\n"}),
+     {"type": "x\n", "event": "\n", "userId": "\n", "properties": "\n", "sentAt": "\n"},
+     track(properties={"k\n" * 200: 1}), json.dumps(track(event="e" * 201)).replace(",", ",\t")],
+)
+def test_message_is_one_line(line):
+    _, text, _ = quarantined_row(line)
+    assert text
+    assert "\n" not in text and "\r" not in text
+
+
+# --- lines: blank, BOM, CRLF, raw -----------------------------------------------------------
+
+
+def test_blank_lines_are_counted_not_stored():
+    result = validate(b"", b"   ", json.dumps(track()), b"\t", b"\r", first_line=10)
+    assert result.lines == 5
+    assert result.blank_lines == 4
+    assert result.messages == 1
+    assert result.accepted_line == [12]
+    assert result.quarantine_raw == []
+
+
+def test_byte_order_mark_is_stripped():
+    assert accepted(BOM + json.dumps(track()).encode()).event_text == "Order Completed"
+    raw, _, _ = quarantined_row(BOM + b'{"event":"$x","userId":"u"}')
+    assert raw == '{"event":"$x","userId":"u"}'
+
+
+def test_crlf_line_ending_is_stripped():
+    assert accepted(json.dumps(track()).encode() + b"\r").event_text == "Order Completed"
+    raw, _, _ = quarantined_row(b'{"event":"$x","userId":"u"}\r')
+    assert raw == '{"event":"$x","userId":"u"}'
+
+
+def test_bom_and_crlf_together_are_stripped():
+    raw, _, _ = quarantined_row(BOM + b'{"event":"$x"}\r')
+    assert raw == '{"event":"$x"}'
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{ "userId" :"u",\t"event":  "$x" ,   "z":[1, 2.50, 1E2] }', '{"event":"$Café ☕","userId":"\\u00e9"}',
+     '  {"event":"E"}  ', "[1, 2]", '"just text"', '{"event":"E","userId":"u","properties":[ 1 ]}'],
+)
+def test_raw_is_the_original_line_byte_for_byte(line):
+    raw, _, _ = quarantined_row(line.encode())
+    assert raw == line
+
+
+def test_plain_line_has_no_batch_index_and_its_physical_line_number():
+    result = validate(b"", track(), track(event="$x"), first_line=7)
+    assert result.accepted_line == [8] and result.accepted_batch_index == [None]
+    assert result.quarantine_line == [9] and result.quarantine_batch_index == [None]
+
+
+# --- batch envelopes ------------------------------------------------------------------------
+
+
+def test_batch_gives_one_result_per_message_with_index_and_envelope_line():
+    envelope = {"batch": [track(event="A"), track(event="$B"), track(event="C"), {"event": "D"}]}
+    result = validate(track(), envelope, first_line=4)
+    assert result.lines == 2
+    assert result.messages == 5
+    assert [f.event_text for f in result.accepted] == ["Order Completed", "A", "C"]
+    assert result.accepted_line == [4, 5, 5]
+    assert result.accepted_batch_index == [None, 0, 2]
+    assert result.quarantine_line == [5, 5]
+    assert result.quarantine_batch_index == [1, 3]
+    assert result.quarantine_reasons == [["reserved_event_name"], ["missing_identity"]]
+
+
+def test_batch_message_inherits_envelope_sent_at_unless_it_has_its_own():
+    envelope = {
+        "sentAt": "2025-01-15T10:00:00Z",
+        "batch": [track(), track(sentAt="2025-01-15T09:00:00Z")],
+    }
+    result = validate(envelope)
+    assert [f.sent_at for f in result.accepted] == [micros("2025-01-15T10:00:00+00:00"),
+                                                    micros("2025-01-15T09:00:00+00:00")]
+
+
+def test_batch_message_inherits_context_keys_it_lacks_and_its_own_win():
+    envelope = {
+        "context": {"ip": "1.1.1.1", "library": {"name": "analytics.js"}, "locale": "en-US"},
+        "batch": [track(), track(context={"ip": "2.2.2.2", "library": {"version": "2"}})],
+    }
+    result = validate(envelope)
+    assert [f.context for f in result.accepted] == [
+        {"ip": "1.1.1.1", "library": {"name": "analytics.js"}, "locale": "en-US"},
+        {"ip": "2.2.2.2", "library": {"version": "2"}, "locale": "en-US"},
+    ]
+
+
+def test_envelope_keys_other_than_sent_at_and_context_are_not_inherited():
+    envelope = {"userId": "envelope-user", "batch": [{"event": "E"}]}
+    assert validate(envelope).quarantine_reasons == [["missing_identity"]]
+
+
+def test_quarantined_batch_message_raw_is_its_text_in_the_envelope_before_merge():
+    line = ('{"sentAt":"2025-01-15T10:00:00Z","context":{"ip":"1.1.1.1"},'
+            '"batch":[ {"event" : "$x",  "userId":"é"} ,{"event":"ok","userId":"u"},\t{"event":"[,]"}\t]}')
+    result = validate(line)
+    assert result.quarantine_raw == ['{"event" : "$x",  "userId":"é"}', '{"event":"[,]"}']
+    assert result.quarantine_batch_index == [0, 2]
+
+
+def test_non_object_batch_element_is_not_an_object():
+    result = validate('{"batch":[1, "x",null ,[2],{"event":"E","userId":"u"}]}')
+    assert result.quarantine_reasons == [["not_an_object"]] * 4
+    assert result.quarantine_raw == ["1", '"x"', "null", "[2]"]
+    assert result.quarantine_batch_index == [0, 1, 2, 3]
+    assert result.accepted_batch_index == [4]
+
+
+def test_envelope_bad_sent_at_quarantines_each_message_with_its_own_raw():
+    result = validate('{"sentAt":"yesterday","batch":[{"event":"E","userId":"u"}]}')
+    assert result.quarantine_reasons == [["invalid_timestamp"]]
+    assert result.quarantine_raw == ['{"event":"E","userId":"u"}']
+
+
+def test_empty_batch_is_one_message_not_zero():
+    result = validate('{"batch":[]}')
+    assert result.messages == 1
+    assert len(result.quarantine_reasons) + len(result.accepted) == 1
+
+
+# --- accepted details -----------------------------------------------------------------------
+
+
+def test_message_id_is_kept_when_given():
+    assert accepted(track(messageId="m-1")).message_id == "m-1"
+
+
+def test_missing_message_id_is_derived_deterministically_from_content():
+    first = accepted(track()).message_id
+    again = validate(b"", track(), first_line=99).accepted[0].message_id
+    other = accepted(track(event="Other")).message_id
+    assert first and first == again
+    assert other != first
+
+
+def test_blank_message_id_counts_as_absent():
+    message_id = accepted(track(messageId="   ")).message_id
+    assert message_id.strip() and message_id == accepted(track(messageId="   ")).message_id
+
+
+# --- property: nothing is dropped, nothing raises -------------------------------------------
+
+MESSAGE_KEYS = ["type", "event", "userId", "anonymousId", "messageId", "properties", "context", "timestamp",
+                "originalTimestamp", "sentAt", "receivedAt", "batch"]
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=20,
+)
+messages = st.dictionaries(st.sampled_from(MESSAGE_KEYS) | st.text(max_size=5), json_values, max_size=8)
+envelopes = st.builds(
+    lambda batch, extra: {**extra, "batch": batch},
+    st.lists(messages | json_values, max_size=6),
+    st.dictionaries(st.sampled_from(["sentAt", "context", "type"]), json_values, max_size=3),
+)
+json_lines = st.builds(
+    lambda value, ascii_only: json.dumps(value, ensure_ascii=ascii_only).encode(),
+    json_values | messages | envelopes,
+    st.booleans(),
+)
+byte_lines = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b""))
+decorated = st.builds(lambda line, bom, cr: (BOM if bom else b"") + line + (b"\r" if cr else b""),
+                      json_lines | byte_lines, st.booleans(), st.booleans())
+
+
+def reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def expected_rows(line: bytes) -> int:
+    """How many rows a line must give, by the contract: 0 if blank, len(batch) for an envelope, else 1."""
+    line = line.removesuffix(b"\r").removeprefix(BOM)
+    if not line.strip():
+        return 0
+    try:
+        value = json.loads(line.decode("utf-8"), parse_constant=reject_constant)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        return 1
+    batch = value.get("batch") if isinstance(value, dict) else None
+    return len(batch) if isinstance(batch, list) and batch else 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(decorated, max_size=8), st.integers(min_value=1, max_value=10_000))
+def test_every_line_gives_one_row_per_message_and_nothing_raises(lines, first_line):
+    result = validate(*lines, first_line=first_line)
+    rows = Counter(result.accepted_line) + Counter(result.quarantine_line)
+    expected = [expected_rows(line) for line in (lines or [b""])]
+    assert [rows[first_line + i] for i in range(len(expected))] == expected
+    assert sum(rows.values()) == result.messages == sum(expected)
+    assert result.blank_lines == expected.count(0)
+    assert result.lines == len(expected)
+    assert len(result.quarantine_reasons) == len(result.quarantine_raw) == len(result.quarantine_message)
+    assert all(found for found in result.quarantine_reasons)
