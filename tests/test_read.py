@@ -1,0 +1,198 @@
+"""The reader (CONTRACT.md section 1, and `unreadable_file` of section 2): files, lines, breaks."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import pytest
+
+import etl.read
+from etl.read import FileBreak, LineChunk, list_day_files, list_days, read_chunks
+
+LINES = [b'{"event":"A","userId":"u"}', b"", b'{"event":"B","userId":"\xc3\xa9"}', b"not json", b"  "]
+
+
+def read_all(path: Path, **kwargs) -> tuple[list[LineChunk], list[FileBreak]]:
+    pieces = list(read_chunks(path, path.name, **kwargs))
+    chunks = [p for p in pieces if isinstance(p, LineChunk)]
+    breaks = [p for p in pieces if isinstance(p, FileBreak)]
+    assert pieces == chunks + breaks, "a FileBreak comes last"
+    return chunks, breaks
+
+
+def lines_of(path: Path, **kwargs) -> list[bytes]:
+    chunks, breaks = read_all(path, **kwargs)
+    assert breaks == []
+    return [line for chunk in chunks for line in chunk.lines()]
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def gzip_prefix(*texts: bytes) -> bytes:
+    """A gzip stream holding `texts`, flushed after each, and cut off before its end."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join(compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH) for text in texts)
+
+
+# --- lines ----------------------------------------------------------------------------------
+
+
+def test_plain_and_gzip_files_give_the_same_lines(tmp_path):
+    data = b"\n".join(LINES) + b"\n"
+    plain = write(tmp_path / "a.ndjson", data)
+    zipped = write(tmp_path / "a.ndjson.gz", gzip.compress(data))
+    assert lines_of(plain) == LINES
+    assert lines_of(zipped) == LINES
+
+
+def test_multi_member_gzip_is_read_fully(tmp_path):
+    path = write(tmp_path / "a.jsonl.gz", gzip.compress(b"one\ntwo\n") + gzip.compress(b"three\nfour\n"))
+    assert lines_of(path) == [b"one", b"two", b"three", b"four"]
+
+
+def test_multi_member_gzip_without_newline_between_members_joins_the_line(tmp_path):
+    path = write(tmp_path / "a.jsonl.gz", gzip.compress(b"one\ntw") + gzip.compress(b"o\nthree"))
+    assert lines_of(path) == [b"one", b"two", b"three"]
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".ndjson.gz"])
+def test_final_newline_does_not_add_a_line(tmp_path, suffix):
+    data = b"one\ntwo\n"
+    path = write(tmp_path / f"a{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert lines_of(path) == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".ndjson.gz"])
+def test_last_line_without_newline_is_kept(tmp_path, suffix):
+    data = b"one\ntwo"
+    path = write(tmp_path / f"a{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert lines_of(path) == [b"one", b"two"]
+
+
+def test_trailing_blank_line_is_kept_as_a_line(tmp_path):
+    assert lines_of(write(tmp_path / "a.ndjson", b"one\n\n")) == [b"one", b""]
+
+
+def test_empty_plain_file_has_no_lines(tmp_path):
+    assert read_all(write(tmp_path / "a.ndjson", b"")) == ([], [])
+
+
+def assert_numbered_in_order(chunks: list[LineChunk], expected: list[bytes]) -> None:
+    next_line = 1
+    for chunk in chunks:
+        assert chunk.first_line_number == next_line
+        next_line += len(chunk.lines())
+    assert [line for chunk in chunks for line in chunk.lines()] == expected
+
+
+def test_line_numbers_are_1_based_and_continue_across_chunks(tmp_path):
+    expected = [f'{{"event":"E","n":{n}}}'.encode() + b" " * (n % 50) for n in range(1, 20_001)]
+    path = write(tmp_path / "big.ndjson", b"\n".join(expected))  # ~1.3 MB: several read blocks
+    chunks, breaks = read_all(path, chunk_bytes=64)
+    assert breaks == [] and len(chunks) >= 3
+    assert chunks[0].first_line_number == 1
+    assert_numbered_in_order(chunks, expected)
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".ndjson.gz"])
+def test_chunks_never_split_a_line_when_blocks_do(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 7)  # blocks that end mid-line, and mid-gzip
+    expected = [f"line {n}".encode() * (n % 4) for n in range(1, 200)]
+    data = b"\n".join(expected) + b"\n"
+    path = write(tmp_path / f"a{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    chunks, breaks = read_all(path, chunk_bytes=64)
+    assert breaks == [] and len(chunks) > 10
+    assert_numbered_in_order(chunks, expected)
+
+
+# --- breaks ---------------------------------------------------------------------------------
+
+
+def test_truncated_gzip_gives_lines_before_the_break_then_one_break(tmp_path):
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"one\ntwo\nthr", b"ee is cut"))
+    chunks, breaks = read_all(path)
+    assert [line for chunk in chunks for line in chunk.lines()] == [b"one", b"two"]
+    assert len(breaks) == 1
+    assert breaks[0].line_number == 3
+    assert breaks[0].partial_line == b"three is cut"
+    assert breaks[0].source_file == "a.ndjson.gz"
+
+
+def test_gzip_break_on_a_line_boundary_gives_next_line_and_empty_partial(tmp_path):
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"one\ntwo\n"))
+    chunks, breaks = read_all(path)
+    assert [line for chunk in chunks for line in chunk.lines()] == [b"one", b"two"]
+    assert [(b.line_number, b.partial_line) for b in breaks] == [(3, b"")]
+
+
+def test_gzip_missing_only_its_trailer_still_breaks_after_the_last_line(tmp_path):
+    path = write(tmp_path / "a.ndjson.gz", gzip.compress(b"one\ntwo\n")[:-8])
+    chunks, breaks = read_all(path)
+    assert [line for chunk in chunks for line in chunk.lines()] == [b"one", b"two"]
+    assert [(b.line_number, b.partial_line) for b in breaks] == [(3, b"")]
+
+
+def test_corrupt_gzip_data_keeps_the_lines_before_the_corruption(tmp_path):
+    # 0xff starts a deflate block of the reserved type 3: corrupt, not merely truncated.
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"one\ntwo\nthr") + b"\xff" * 64)
+    chunks, breaks = read_all(path)
+    assert [line for chunk in chunks for line in chunk.lines()] == [b"one", b"two"]
+    assert [(b.line_number, b.partial_line) for b in breaks] == [(3, b"thr")]
+
+
+def test_truncated_gzip_break_is_numbered_after_many_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 5)
+    lines = [f"line {n}".encode() for n in range(1, 101)]
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"\n".join(lines) + b"\npart"))
+    chunks, breaks = read_all(path, chunk_bytes=32)
+    assert len(chunks) > 1
+    assert_numbered_in_order(chunks, lines)
+    assert [(b.line_number, b.partial_line) for b in breaks] == [(101, b"part")]
+
+
+@pytest.mark.parametrize("data", [b"this is not gzip at all\n{}\n", b""], ids=["garbage", "empty"])
+def test_unreadable_gz_file_breaks_at_line_1(tmp_path, data):
+    chunks, breaks = read_all(write(tmp_path / "a.ndjson.gz", data))
+    assert chunks == []
+    assert len(breaks) == 1
+    assert breaks[0].line_number == 1
+    assert breaks[0].error
+
+
+# --- folders --------------------------------------------------------------------------------
+
+
+def test_day_files_are_sorted_by_name_and_other_entries_are_ignored(tmp_path):
+    day = tmp_path / "2025-01-15"
+    for name in ["c.json", "b.jsonl.gz", "README.txt", "a.ndjson", "a.ndjson.gz", "notes.txt.gz", "d.json.bak"]:
+        write(day / name, b"")
+    (day / "sub").mkdir()
+    (day / "folder.ndjson").mkdir()
+    found = list_day_files(tmp_path, "2025-01-15")
+    assert found.day == "2025-01-15"
+    assert [p.name for p in found.files] == ["a.ndjson", "a.ndjson.gz", "b.jsonl.gz", "c.json"]
+    assert sorted(p.name for p in found.ignored) == ["README.txt", "d.json.bak", "folder.ndjson", "notes.txt.gz",
+                                                     "sub"]
+
+
+def test_missing_day_folder_has_no_files(tmp_path):
+    found = list_day_files(tmp_path, "2025-01-15")
+    assert (found.files, found.ignored) == ([], [])
+
+
+def test_days_are_only_valid_date_folders_in_ascending_order(tmp_path):
+    for name in ["2025-01-16", "2025-01-02", "2024-12-31", "2025-13-01", "2025-02-30", "2025-1-05", "notes", "20250103"]:
+        (tmp_path / name).mkdir()
+    write(tmp_path / "2025-01-03", b"a file, not a folder")
+    write(tmp_path / "2025-01-04.ndjson", b"")
+    assert list_days(tmp_path) == ["2024-12-31", "2025-01-02", "2025-01-16"]
+
+
+def test_missing_logs_root_has_no_days(tmp_path):
+    assert list_days(tmp_path / "missing") == []
