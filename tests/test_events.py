@@ -1,0 +1,207 @@
+"""Per-event tables: names, types fixed by the registry, discards, and hostile names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import query, track, write_log
+
+from etl import checks, registry
+from etl.catalog import refresh_catalog
+from etl.names import snake_case
+from etl.pipeline import load_day
+from etl.registry import SchemaRegistry
+from etl.write import partition_dir
+
+DAY = "2025-01-15"
+
+
+def load(logs: Path, warehouse: Path, days: dict[str, list]) -> None:
+    for day, lines in days.items():
+        write_log(logs / day / "a.ndjson", lines)
+        load_day(logs, warehouse, day)
+    refresh_catalog(warehouse)
+
+
+def registered(warehouse: Path, event: str) -> list[tuple[str, str]]:
+    reg = SchemaRegistry(warehouse)
+    try:
+        return [(c.name, c.type) for c in reg.columns(event).values()]
+    finally:
+        reg.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "column"),
+    [
+        ("productName", "product_name"), ("productID", "product_id"), ("HTMLParser", "html_parser"),
+        ("p000", "p000"), ("address2", "address2"), ("line2Text", "line2_text"),
+        ("Straße Nummer", "straße_nummer"), ("--weird  key--", "weird_key"),
+    ],
+)
+def test_property_key_becomes_lower_snake_case(key, column):
+    assert snake_case(key) == column
+
+
+def test_nested_properties_join_with_underscore_and_arrays_are_json_text(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("Order Completed", properties={
+        "shippingAddress": {"city": "Lyon", "geo": {"lat": 45.7}}, "tags": ["a", "b"], "productName": "Mug",
+    })]})
+    row = query(warehouse, "select shipping_address_city, shipping_address_geo_lat, tags, product_name from order_completed")
+    assert row == [("Lyon", 45.7, '["a","b"]', "Mug")]
+
+
+def test_property_clashing_with_a_standard_column_is_prefixed(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"userId": "p-user", "timestamp": "x", "context": {"ip": "1"}, "2fa": True})]})
+    assert [name for name, _ in registered(warehouse, "a")] == [
+        "property_user_id", "property_timestamp", "property_context_ip", "property_2fa",
+    ]
+    assert query(warehouse, "select property_user_id, user_id from a") == [("p-user", "u1")]
+
+
+def test_two_keys_with_one_name_keep_the_first_and_number_the_next(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"productName": "first", "product_name": "second"})]})
+    assert query(warehouse, "select product_name, product_name_2 from a") == [("first", "second")]
+
+
+def test_a_rerun_never_renames_a_column(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"productName": "first", "product_name": "second"})]})
+    load(logs, warehouse, {DAY: [track("A", properties={"product_name": "now first", "productName": "now second"})]})
+    assert query(warehouse, "select product_name, product_name_2 from a") == [("now second", "now first")]
+
+
+def test_event_names_differing_in_case_or_punctuation_share_a_table(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("Order Completed"), track("order_completed"), track("ORDER-completed!")]})
+    assert query(warehouse, "select count(*), count(distinct event_text) from order_completed") == [(3, 2 + 1)]
+
+
+def test_column_type_is_fixed_by_the_first_value_and_misfits_become_discards(logs, warehouse):
+    load(logs, warehouse, {DAY: [
+        track("A", messageId="m1", properties={"quantity": 2, "label": "x", "when": "2025-01-15T10:00:00Z", "ok": True}),
+        track("A", messageId="m2", properties={"quantity": "two", "label": 7, "when": "tomorrow", "ok": "yes"}),
+        track("A", messageId="m3", properties={"quantity": "3"}),
+    ]})
+    assert registered(warehouse, "a") == [("quantity", "int"), ("label", "string"), ("when", "timestamp"), ("ok", "bool")]
+    assert query(warehouse, "select message_id, quantity, label, \"when\", ok from a order by 1") == [
+        ("m1", 2, "x", dt.datetime(2025, 1, 15, 10, tzinfo=dt.UTC), True),
+        ("m2", None, "7", None, None),
+        ("m3", None, None, None, None),
+    ]
+    assert query(warehouse, "select message_id, column_name, value, expected_type, received_date from discards order by 1, 2") == [
+        ("m2", "ok", "yes", "bool", dt.date(2025, 1, 15)),
+        ("m2", "quantity", "two", "int", dt.date(2025, 1, 15)),
+        ("m2", "when", "tomorrow", "timestamp", dt.date(2025, 1, 15)),
+        ("m3", "quantity", "3", "int", dt.date(2025, 1, 15)),
+    ]
+
+
+def test_int_widens_to_float_and_older_partitions_read_with_it(logs, warehouse):
+    load(logs, warehouse, {"2025-01-14": [track("A", properties={"price": 3})], DAY: [track("A", properties={"price": 2.5})]})
+    assert registered(warehouse, "a") == [("price", "float")]
+    assert query(warehouse, "select received_date, price from a order by 1") == [
+        (dt.date(2025, 1, 14), 3.0), (dt.date(2025, 1, 15), 2.5),
+    ]
+    assert query(warehouse, "select count(*) from discards") == [(0,)]
+
+
+def test_older_partitions_read_a_newer_column_as_null(logs, warehouse):
+    load(logs, warehouse, {"2025-01-14": [track("A", properties={"old": 1})], DAY: [track("A", properties={"old": 2, "new": "n"})]})
+    assert query(warehouse, "select received_date, old, new from a order by 1") == [
+        (dt.date(2025, 1, 14), 1, None), (dt.date(2025, 1, 15), 2, "n"),
+    ]
+
+
+def test_revenue_currency_and_value_appear_converted_and_never_as_discards(logs, warehouse):
+    load(logs, warehouse, {DAY: [
+        track("Order Completed", messageId="m1", properties={"revenue": "19.99", "currency": "eur", "value": "2000"}),
+        track("Order Completed", messageId="m2", properties={"revenue": 5}),
+    ]})
+    assert query(warehouse, "select message_id, revenue, currency, value from order_completed order by 1") == [
+        ("m1", 19.99, "EUR", 2000), ("m2", 5.0, None, None),
+    ]
+    assert query(warehouse, "select count(*) from discards") == [(0,)]
+
+
+def test_a_rerun_removes_event_tables_the_day_no_longer_has(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("Gone Event"), track("Kept")]})
+    load(logs, warehouse, {DAY: [track("Kept")]})
+    assert not partition_dir(warehouse, "events/gone_event", DAY).exists()
+    assert partition_dir(warehouse, "events/kept", DAY).exists()
+
+
+@pytest.mark.parametrize(
+    "event",
+    ["../../etc/passwd", "'; drop table tracks; --", "select", "🎉" * 200, "!!!", "a/b\\c", 'x"y', "tracks"],
+)
+def test_hostile_event_names_get_safe_tables_inside_the_warehouse(logs, warehouse, tmp_path, event):
+    load(logs, warehouse, {DAY: [track(event, properties={"../k": 1, "'; drop": 2})]})
+    outside = {p for p in tmp_path.rglob("*") if not p.is_relative_to(warehouse) and not p.is_relative_to(logs)}
+    assert outside == set()
+    (table,) = [p.name for p in (warehouse / "events").iterdir()]
+    assert all(c.isalnum() or c == "_" for c in table) and not table[0].isdigit()
+    assert query(warehouse, f'select count(*) from events."{table}"') == [(1,)]
+    assert query(warehouse, "select count(*) from tracks") == [(1,)]
+
+
+def test_past_the_column_cap_values_stay_in_tracks_properties_and_a_check_warns(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(registry, "MAX_PROPERTY_COLUMNS", 2)
+    load(logs, warehouse, {DAY: [track("A", properties={"a": 1, "b": 2, "c": 3})]})
+    assert [name for name, _ in registered(warehouse, "a")] == ["a", "b"]
+    assert query(warehouse, "select properties from tracks") == [('{"a":1,"b":2,"c":3}',)]
+    outcome = checks.columns_within_cap(warehouse, DAY)
+    assert not outcome.passed and outcome.metadata["values_over_column_cap"] == 1
+
+
+def test_event_rows_check_fails_when_an_event_table_loses_rows(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A"), track("B")]})
+    assert checks.event_rows_match_tracks(warehouse, DAY).passed
+    for part in partition_dir(warehouse, "events/b", DAY).glob("*.parquet"):
+        part.unlink()
+    assert not checks.event_rows_match_tracks(warehouse, DAY).passed
+
+
+def test_discards_check_fails_on_a_discard_without_its_message(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", messageId="m1", properties={"n": 1}), track("A", messageId="m2", properties={"n": "x"})]})
+    assert checks.discards_point_to_messages(warehouse, DAY).passed
+    folder = partition_dir(warehouse, "discards", DAY)
+    orphan = pl.read_parquet(folder / "part-00000.parquet").with_columns(message_id=pl.lit("nobody"))
+    orphan.write_parquet(folder / "part-00001.parquet")
+    assert not checks.discards_point_to_messages(warehouse, DAY).passed
+
+
+def test_registry_check_fails_when_a_file_disagrees_with_the_registry(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    assert checks.registry_matches_parquet(warehouse, DAY).passed
+    part = next(partition_dir(warehouse, "events/a", DAY).glob("*.parquet"))
+    pl.read_parquet(part).with_columns(pl.col("n").cast(pl.String)).write_parquet(part)
+    outcome = checks.registry_matches_parquet(warehouse, DAY)
+    assert not outcome.passed and "a.n is String" in outcome.description
+
+
+def load_conflicting_day(args: tuple[str, str, str]) -> None:
+    logs, warehouse, day = args
+    load_day(Path(logs), Path(warehouse), day, chunk_bytes=512)
+
+
+def test_two_concurrent_partition_runs_agree_on_one_registry(logs, warehouse):
+    # Day one sends every property as an int, day two as a string: whoever registers first wins,
+    # the other's values become discards, and no column is lost or typed twice.
+    keys = [f"k{i}" for i in range(60)]
+    write_log(logs / "2025-01-14" / "a.ndjson", [track("A", properties={k: i for k in keys}) for i in range(40)])
+    write_log(logs / DAY / "a.ndjson", [track("A", properties={k: f"s{i}" for k in keys}) for i in range(40)])
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        pool.map(load_conflicting_day, [(str(logs), str(warehouse), d) for d in ("2025-01-14", DAY)])
+    columns = registered(warehouse, "a")
+    assert sorted(name for name, _ in columns) == sorted(keys)
+    for day in ("2025-01-14", DAY):
+        assert checks.registry_matches_parquet(warehouse, day).passed
+        assert checks.event_rows_match_tracks(warehouse, day).passed
+    refresh_catalog(warehouse)
+    typed = query(warehouse, f"select count(*) from a, unnest([{', '.join(keys)}]) as v(x) where x is not null")[0][0]
+    discarded = query(warehouse, "select count(*) from discards")[0][0]
+    assert typed + discarded == 2 * 40 * 60
