@@ -1,4 +1,4 @@
-"""The partitioned load: one received day of logs → `tracks` and `quarantine` (one multi-asset)."""
+"""The partitioned load: one received day of logs → `tracks`, `quarantine`, event tables, `discards`."""
 
 
 import dagster as dg
@@ -6,13 +6,13 @@ import dagster as dg
 from dagster_project.checks import partition_check_results, partition_check_specs
 from dagster_project.resources import TrackhouseConfig
 from etl.catalog import refresh_catalog
-from etl.pipeline import DaySummary, load_day
+from etl.pipeline import load_day
 from etl.write import partition_dir
 
 
-def reasons_table(summary: DaySummary) -> str:
-    rows = "\n".join(f"| `{reason}` | {count} |" for reason, count in summary.quarantined_by_reason.items())
-    return "| reason | rows |\n|---|---|\n" + (rows or "| (none) | 0 |")
+def counts_table(label: str, counts: dict[str, int]) -> str:
+    rows = "\n".join(f"| `{name}` | {count} |" for name, count in counts.items())
+    return f"| {label} | rows |\n|---|---|\n" + (rows or "| (none) | 0 |")
 
 
 def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -21,6 +21,8 @@ def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
         specs=[
             dg.AssetSpec("tracks", description="Accepted track events, one row each, by received day.", group_name="warehouse"),
             dg.AssetSpec("quarantine", description="Rejected messages with reason and exact raw text.", group_name="warehouse"),
+            dg.AssetSpec("event_tables", description="One table per event name, properties flattened into typed columns.", group_name="warehouse"),
+            dg.AssetSpec("discards", description="Property values that did not fit their column's type.", group_name="warehouse"),
         ],
         check_specs=partition_check_specs(),
         partitions_def=partitions,
@@ -44,8 +46,24 @@ def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
             asset_key="quarantine",
             metadata={
                 "rows": dg.MetadataValue.int(summary.quarantined),
-                "by_reason": dg.MetadataValue.md(reasons_table(summary)),
+                "by_reason": dg.MetadataValue.md(counts_table("reason", summary.quarantined_by_reason)),
                 "path": dg.MetadataValue.path(str(partition_dir(trackhouse.warehouse, "quarantine", day))),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key="event_tables",
+            metadata={
+                "tables": dg.MetadataValue.int(len(summary.event_rows)),
+                "rows": dg.MetadataValue.int(sum(summary.event_rows.values())),
+                "rows_by_event": dg.MetadataValue.md(counts_table("event", summary.event_rows)),
+                "values_over_column_cap": dg.MetadataValue.int(summary.values_over_column_cap),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key="discards",
+            metadata={
+                "rows": dg.MetadataValue.int(summary.discards),
+                "path": dg.MetadataValue.path(str(partition_dir(trackhouse.warehouse, "discards", day))),
             },
         )
         yield from partition_check_results(trackhouse.warehouse, day, trackhouse.quarantine_warn_rate)

@@ -14,6 +14,10 @@ PARTITION_CHECKS = {
     "unique_message_id": ("tracks", dg.AssetCheckSeverity.ERROR, "no message_id twice in the partition"),
     "schema_matches_contract": ("tracks", dg.AssetCheckSeverity.ERROR, "tracks and quarantine columns and types match the contract"),
     "quarantine_rate": ("quarantine", dg.AssetCheckSeverity.WARN, "share of quarantined messages under the configured threshold"),
+    "event_rows_match_tracks": ("event_tables", dg.AssetCheckSeverity.ERROR, "rows across event tables = rows of tracks"),
+    "registry_matches_parquet": ("event_tables", dg.AssetCheckSeverity.ERROR, "registry and Parquet schemas agree"),
+    "columns_within_cap": ("event_tables", dg.AssetCheckSeverity.WARN, "no property dropped from its event table by the column cap"),
+    "discards_point_to_messages": ("discards", dg.AssetCheckSeverity.ERROR, "every discards row points at an accepted message"),
 }
 
 
@@ -30,6 +34,10 @@ def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: flo
         "unique_message_id": checks.unique_message_id(warehouse, day),
         "schema_matches_contract": checks.schema_matches_contract(warehouse, day),
         "quarantine_rate": checks.quarantine_rate(warehouse, day, quarantine_warn_rate),
+        "event_rows_match_tracks": checks.event_rows_match_tracks(warehouse, day),
+        "registry_matches_parquet": checks.registry_matches_parquet(warehouse, day),
+        "columns_within_cap": checks.columns_within_cap(warehouse, day),
+        "discards_point_to_messages": checks.discards_point_to_messages(warehouse, day),
     }
     for name, outcome in outcomes.items():
         asset, severity, _ = PARTITION_CHECKS[name]

@@ -12,7 +12,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
+from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
 from etl.write import partition_dir, read_manifest
 
 DEFAULT_QUARANTINE_WARN_RATE = 0.05
@@ -29,11 +31,15 @@ def parquet_files(warehouse: Path, table: str, day: str) -> list[Path]:
     return sorted(partition_dir(warehouse, table, day).glob("*.parquet"))
 
 
+def read_files(files: list[Path]) -> str:
+    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{listing}], union_by_name = true)"
+
+
 def scalar(sql: str, files: list[Path]) -> int:
     if not files:
         return 0
-    listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-    return duckdb.connect().execute(sql.format(files=f"read_parquet({listing}, union_by_name = true)")).fetchone()[0]
+    return duckdb.connect().execute(sql.format(files=read_files(files))).fetchone()[0]
 
 
 def row_count(warehouse: Path, table: str, day: str) -> int:
@@ -115,3 +121,66 @@ def schema_matches_contract(warehouse: Path, day: str) -> CheckOutcome:
         problems.append("tracks or quarantine has no Parquet file for this day")
     description = "tracks and quarantine match the contract" if not problems else "; ".join(problems[:5])
     return CheckOutcome(not problems, description, {"problems": len(problems)})
+
+
+def event_partition_files(warehouse: Path, day: str) -> dict[str, list[Path]]:
+    folder = warehouse / "events"
+    tables = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return {t.name: files for t in tables if (files := parquet_files(warehouse, f"events/{t.name}", day))}
+
+
+def event_rows_match_tracks(warehouse: Path, day: str) -> CheckOutcome:
+    """Every accepted event is in exactly one event table: their rows add up to `tracks`."""
+    per_event = {event: scalar("select count(*) from {files}", files) for event, files in event_partition_files(warehouse, day).items()}
+    tracks = row_count(warehouse, "tracks", day)
+    total = sum(per_event.values())
+    return CheckOutcome(
+        total == tracks,
+        f"{total} rows across {len(per_event)} event tables, {tracks} in tracks",
+        {"event_rows": total, "tracks_rows": tracks, "event_tables": len(per_event)},
+    )
+
+
+def discards_point_to_messages(warehouse: Path, day: str) -> CheckOutcome:
+    """Every discarded value belongs to a message that `tracks` holds for the same day."""
+    discards = parquet_files(warehouse, "discards", day)
+    tracks = parquet_files(warehouse, "tracks", day)
+    rows = scalar("select count(*) from {files}", discards)
+    if not rows:
+        return CheckOutcome(True, "no discards", {"discards": 0, "orphans": 0})
+    orphans = duckdb.connect().execute(
+        f"select count(*) from {read_files(discards)} anti join {read_files(tracks)} using (message_id)"
+    ).fetchone()[0]
+    return CheckOutcome(orphans == 0, f"{rows} discards, {orphans} pointing at no accepted message", {"discards": rows, "orphans": orphans})
+
+
+def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
+    """Each property column written for the day is registered, with a type the registry allows."""
+    registry = SchemaRegistry(warehouse)
+    problems = []
+    try:
+        for event, files in event_partition_files(warehouse, day).items():
+            registered = {c.name: c.type for c in registry.columns(event).values()}
+            for path in files:
+                for name, dtype in pl.read_parquet_schema(path).items():
+                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or name.startswith("context_"):
+                        continue
+                    kind = registered.get(name)
+                    allowed = {POLARS_TYPES[kind]} | ({pl.Int64()} if kind == "float" else set()) if kind else set()
+                    if dtype not in allowed:
+                        problems.append(f"{event}.{name} is {dtype} in {path.name}, registry says {kind or 'nothing'}")
+    finally:
+        registry.close()
+    description = "every property column matches the registry" if not problems else "; ".join(problems[:5])
+    return CheckOutcome(not problems, description, {"problems": len(problems)})
+
+
+def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
+    """WARN when an event had more property paths than its table may have columns."""
+    manifest = read_manifest(warehouse, day) or {}
+    over = manifest.get("values_over_column_cap", 0)
+    return CheckOutcome(
+        over == 0,
+        f"{over} property values past the {MAX_PROPERTY_COLUMNS}-column cap stay only in tracks.properties",
+        {"values_over_column_cap": over, "column_cap": MAX_PROPERTY_COLUMNS},
+    )
