@@ -102,12 +102,18 @@ def dagster_instance() -> dg.DagsterInstance:
 
 
 def format_summaries(summaries: list[DaySummary]) -> str:
-    header = f"{'received_date':<14}{'files':>6}{'lines':>9}{'blank':>7}{'accepted':>10}{'quarantined':>13}{'duplicates':>12}"
+    header = (
+        f"{'received_date':<14}{'files':>6}{'lines':>9}{'blank':>7}{'accepted':>10}"
+        f"{'quarantined':>13}{'duplicates':>12}{'event_tables':>14}{'discards':>10}"
+    )
     lines = [header, "-" * len(header)]
     for s in summaries:
         lines.append(
-            f"{s.received_date:<14}{len(s.files):>6}{s.lines:>9}{s.blank_lines:>7}{s.accepted:>10}{s.quarantined:>13}{s.duplicates:>12}"
+            f"{s.received_date:<14}{len(s.files):>6}{s.lines:>9}{s.blank_lines:>7}{s.accepted:>10}"
+            f"{s.quarantined:>13}{s.duplicates:>12}{len(s.event_rows):>14}{s.discards:>10}"
         )
+        if s.event_rows:
+            lines.append("  rows by event table: " + ", ".join(f"{e} {n}" for e, n in s.event_rows.items()))
         if s.quarantined_by_reason:
             lines.append("  quarantined by reason: " + ", ".join(f"{r} {n}" for r, n in s.quarantined_by_reason.items()))
         if s.ignored_files:
