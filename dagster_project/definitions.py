@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.assets import build_load_asset
+from dagster_project.models import models_automation, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
 from dagster_project.schedules import build_daily_schedule
@@ -17,9 +18,10 @@ def build_definitions(config: TrackhouseConfig | None = None) -> dg.Definitions:
     load_asset = build_load_asset(received_days(config.logs))
     load_job = dg.define_asset_job(LOAD_JOB, selection=[load_asset])
     return dg.Definitions(
-        assets=[load_asset],
+        assets=[load_asset, sql_models],
         jobs=[load_job],
         schedules=[build_daily_schedule(load_job)],
+        sensors=[models_automation],
         resources={"trackhouse": config},
     )
 

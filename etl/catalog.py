@@ -135,15 +135,31 @@ def create_event_views(connection: duckdb.DuckDBPyConnection, warehouse: Path, t
         connection.execute(f"create or replace view {quote_identifier(event_view_name(table.name, taken))} as {select}")
 
 
-def refresh_catalog(warehouse: Path, extra_views: dict[str, str] | None = None) -> Path:
-    """Rebuild `warehouse.duckdb` with a view per table and per event (plus `extra_views`), under the writer lock."""
+def mart_views(warehouse: Path) -> dict[str, str]:
+    """A view per published model (`marts/<model>/`), named after the model."""
+    folder = warehouse / "marts"
+    views = {}
+    for mart in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if mart.is_dir() and not mart.name.startswith(".") and any(mart.glob("*.parquet")):
+            views[mart.name] = f"select * from read_parquet({quote_literal(str(mart.resolve() / '*.parquet'))})"
+    return views
+
+
+def rebuild_catalog(warehouse: Path) -> Path:
+    """Rebuild `warehouse.duckdb` with a view per table, per event and per model. Caller holds the writer lock."""
     views = {}
     for name, folder in table_folders(warehouse).items():
         source = parquet_source(folder)
         if source is not None:
             views[name] = f"select * from {source}"
-    views.update(extra_views or {})
-    with writer_lock(warehouse), rebuilt_database(warehouse) as connection:
+    views.update(mart_views(warehouse))
+    with rebuilt_database(warehouse) as connection:
         create_views(connection, views)
         create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views))
     return warehouse / DATABASE_FILE
+
+
+def refresh_catalog(warehouse: Path) -> Path:
+    """`rebuild_catalog` under the writer lock: what a partition run calls after publishing."""
+    with writer_lock(warehouse):
+        return rebuild_catalog(warehouse)

@@ -184,3 +184,84 @@ def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
         f"{over} property values past the {MAX_PROPERTY_COLUMNS}-column cap stay only in tracks.properties",
         {"values_over_column_cap": over, "column_cap": MAX_PROPERTY_COLUMNS},
     )
+
+
+# Model checks: run against warehouse.duckdb after a refresh, as an analyst would read it.
+
+
+def warehouse_rows(warehouse: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def stg_unique_message_id(warehouse: Path) -> CheckOutcome:
+    rows, distinct = warehouse_rows(warehouse, "select count(*), count(distinct message_id) from stg_tracks")[0]
+    return CheckOutcome(rows == distinct, f"{rows} rows, {distinct} distinct message_id", {"rows": rows, "distinct": distinct})
+
+
+def cross_partition_duplicates(warehouse: Path) -> CheckOutcome:
+    """Counts the copies of a message received on more than one day, which stg_tracks removes."""
+    tracks, staged = warehouse_rows(warehouse, "select (select count(*) from tracks), (select count(*) from stg_tracks)")[0]
+    return CheckOutcome(tracks >= staged, f"{tracks - staged} duplicates across received days removed", {"duplicates_removed": tracks - staged})
+
+
+def orders_reconcile_with_tracks(warehouse: Path) -> CheckOutcome:
+    """Revenue per currency in fct_orders equals that of the accepted events carrying revenue."""
+    mismatches = warehouse_rows(warehouse, """
+        with accepted as (
+            select currency, cast(revenue as decimal(18, 4)) as revenue
+            from tracks
+            where revenue is not null
+            qualify row_number() over (
+                partition by message_id
+                order by received_date, received_at nulls last, source_file, line_number, batch_index nulls first
+            ) = 1
+        ),
+        expected as (select currency, count(*) as orders, sum(revenue) as revenue from accepted group by 1),
+        actual as (select currency, count(*) as orders, sum(revenue) as revenue from fct_orders group by 1)
+        select coalesce(e.currency, a.currency), e.orders, a.orders, e.revenue, a.revenue
+        from expected e full join actual a using (currency)
+        where e.orders is distinct from a.orders or e.revenue is distinct from a.revenue
+    """)
+    description = "revenue per currency reconciles" if not mismatches else "; ".join(
+        f"{c}: tracks {eo} orders / {er}, fct_orders {ao} / {ar}" for c, eo, ao, er, ar in mismatches
+    )
+    return CheckOutcome(not mismatches, description, {"mismatched_currencies": len(mismatches)})
+
+
+def revenue_daily_matches_orders(warehouse: Path) -> CheckOutcome:
+    mismatches = warehouse_rows(warehouse, """
+        with expected as (
+            select event_date, currency, count(*) as orders, sum(revenue) as revenue, sum(revenue_usd) as revenue_usd
+            from fct_orders group by 1, 2
+        )
+        select event_date, currency from expected e full join revenue_daily d using (event_date, currency)
+        where e.orders is distinct from d.orders or e.revenue is distinct from d.revenue
+           or e.revenue_usd is distinct from d.revenue_usd
+    """)
+    return CheckOutcome(
+        not mismatches,
+        "revenue_daily sums equal fct_orders" if not mismatches else f"{len(mismatches)} day × currency rows differ, e.g. {mismatches[0]}",
+        {"mismatched_rows": len(mismatches)},
+    )
+
+
+def conversions_match_facts(warehouse: Path) -> CheckOutcome:
+    daily, facts = warehouse_rows(
+        warehouse, "select (select coalesce(sum(conversions), 0) from conversions_daily), (select count(*) from fct_conversions)"
+    )[0]
+    return CheckOutcome(daily == facts, f"{daily} conversions in conversions_daily, {facts} rows in fct_conversions", {"daily": daily, "facts": facts})
+
+
+def conversion_rate_in_range(warehouse: Path) -> CheckOutcome:
+    (outside,) = warehouse_rows(warehouse, "select count(*) from conversions_daily where not conversion_rate between 0 and 1")[0]
+    return CheckOutcome(outside == 0, f"{outside} rows with conversion_rate outside [0, 1]", {"rows_outside": outside})
+
+
+def fx_coverage(warehouse: Path) -> CheckOutcome:
+    """WARN: orders whose currency had no rate on or before their date (revenue_usd is NULL)."""
+    missing = warehouse_rows(
+        warehouse, "select distinct currency, event_date from fct_orders where revenue_usd is null order by 1, 2"
+    )
+    pairs = ", ".join(f"{currency} {day}" for currency, day in missing)
+    return CheckOutcome(not missing, "every order has a USD rate" if not missing else f"no rate for {pairs}", {"missing_pairs": len(missing)})

@@ -1,0 +1,79 @@
+"""The SQL models as Dagster assets: one asset per `sql/*.sql` file, dependencies read from the SQL.
+
+All models refresh together in one computation (they are cheap and must agree with each
+other); Declarative Automation re-runs them after any partition load or backfill, and the
+`warehouse_writer` pool keeps one writer of the marts and `warehouse.duckdb` at a time.
+"""
+
+import dagster as dg
+
+from dagster_project.resources import TrackhouseConfig
+from etl import checks
+from etl.models import SEEDS, SOURCES, load_models, refresh_models
+
+WRITER_POOL = "warehouse_writer"
+# Not `eager()`: that waits for every upstream partition to exist, and a warehouse of received
+# days always has gaps. Refresh when any loaded day changed, once no load is still running.
+AFTER_ANY_LOAD = (
+    dg.AutomationCondition.any_deps_updated()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+MODEL_CHECKS = {
+    "unique_message_id": ("stg_tracks", dg.AssetCheckSeverity.ERROR, checks.stg_unique_message_id),
+    "cross_partition_duplicates": ("stg_tracks", dg.AssetCheckSeverity.WARN, checks.cross_partition_duplicates),
+    "revenue_reconciles": ("fct_orders", dg.AssetCheckSeverity.ERROR, checks.orders_reconcile_with_tracks),
+    "fx_coverage": ("fct_orders", dg.AssetCheckSeverity.WARN, checks.fx_coverage),
+    "sums_equal_fct_orders": ("revenue_daily", dg.AssetCheckSeverity.ERROR, checks.revenue_daily_matches_orders),
+    "conversions_equal_fct_conversions": ("conversions_daily", dg.AssetCheckSeverity.ERROR, checks.conversions_match_facts),
+    "conversion_rate_in_range": ("conversions_daily", dg.AssetCheckSeverity.ERROR, checks.conversion_rate_in_range),
+}
+
+
+def model_specs() -> list[dg.AssetSpec]:
+    specs = []
+    for name, model in load_models().items():
+        upstream = sorted(model.depends_on - set(SEEDS))
+        specs.append(
+            dg.AssetSpec(
+                name,
+                deps=[dep for dep in upstream if dep not in SOURCES] + (["tracks"] if set(SOURCES) & model.depends_on else []),
+                description=model.sql.splitlines()[0].removeprefix("-- "),
+                group_name="models",
+                automation_condition=AFTER_ANY_LOAD,
+                metadata={"sql": dg.MetadataValue.md(f"```sql\n{model.sql}\n```")},
+            )
+        )
+    return specs
+
+
+@dg.multi_asset(
+    name="sql_models",
+    specs=model_specs(),
+    check_specs=[dg.AssetCheckSpec(name, asset=asset) for name, (asset, _, _) in MODEL_CHECKS.items()],
+    pool=WRITER_POOL,
+)
+def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
+    rows = refresh_models(trackhouse.warehouse)
+    for name, count in rows.items():
+        yield dg.MaterializeResult(
+            asset_key=name,
+            metadata={
+                "rows": dg.MetadataValue.int(count),
+                "path": dg.MetadataValue.path(str(trackhouse.warehouse / "marts" / name)),
+            },
+        )
+    for check_name, (asset, severity, check) in MODEL_CHECKS.items():
+        outcome = check(trackhouse.warehouse)
+        yield dg.AssetCheckResult(
+            check_name=check_name, asset_key=asset, passed=outcome.passed,
+            severity=severity, description=outcome.description, metadata=outcome.metadata,
+        )
+
+
+models_automation = dg.AutomationConditionSensorDefinition(
+    "refresh_models_after_loads",
+    target=dg.AssetSelection.assets(sql_models),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+)

@@ -1,0 +1,126 @@
+"""Run the SQL models under `sql/` in DuckDB and publish them to `marts/<model>/`.
+
+Each model is one `sql/<name>.sql` file with a single select; models refer to each other and to
+`tracks`, `fx_rates` and `goals` by name. The dependency graph is read from the SQL with sqlglot
+(its table references, less the CTEs), never listed by hand. A refresh builds every model in one
+in-memory DuckDB, writes the marts aside and swaps them in, then rebuilds `warehouse.duckdb`,
+all under the warehouse writer lock.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+from sqlglot.optimizer.scope import build_scope
+
+from etl.catalog import parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
+from etl.write import swap_in
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+MARTS = "marts"
+SOURCES = ("tracks",)
+SEEDS = {
+    "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DOUBLE"},
+    "goals": {"name": "VARCHAR", "default_value_cents": "BIGINT"},
+}
+
+
+class ModelError(Exception):
+    """A model that cannot run; the message names the model and what to fix."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    sql: str
+    depends_on: frozenset[str]
+    columns_used: frozenset[str]
+
+
+def parse_model(path: Path) -> Model:
+    sql = path.read_text()
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError as error:
+        raise ModelError(f"{path.name} is not valid DuckDB SQL: {str(error).splitlines()[0]}") from None
+    tables = {
+        source.name
+        for scope in build_scope(tree).traverse()
+        for _, source in scope.selected_sources.values()
+        if isinstance(source, exp.Table)
+    }
+    columns = {column.name for column in tree.find_all(exp.Column)}
+    return Model(path.stem, sql, frozenset(tables), frozenset(columns))
+
+
+def load_models(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
+    return {path.stem: parse_model(path) for path in sorted(sql_dir.glob("*.sql"))}
+
+
+def build_order(models: dict[str, Model]) -> list[str]:
+    """Models in dependency order; an unknown table or a cycle is a one-line ModelError."""
+    known = set(models) | set(SOURCES) | set(SEEDS)
+    for model in models.values():
+        unknown = model.depends_on - known
+        if unknown:
+            raise ModelError(f"{model.name}.sql reads {', '.join(sorted(unknown))}: not a model, source or seed")
+    sorter = graphlib.TopologicalSorter({m.name: m.depends_on & set(models) for m in models.values()})
+    try:
+        return list(sorter.static_order())
+    except graphlib.CycleError as error:
+        raise ModelError(f"models depend on each other in a cycle: {' → '.join(error.args[1])}") from None
+
+
+def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds_dir: Path, models: dict[str, Model]) -> None:
+    """`tracks` over the Parquet (with any `context_…` column a model uses and no day has yet, as
+    NULL) and the seeds as typed tables."""
+    source = parquet_source(warehouse / "tracks")
+    if source is None:
+        raise ModelError(f"no tracks under {warehouse}: load some days first with `etl run`")
+    present = {row[0] for row in connection.execute(f"describe select * from {source}").fetchall()}
+    used = set().union(*(m.columns_used for m in models.values()))
+    missing = sorted(c for c in used if c.startswith("context_") and c not in present)
+    extra = "".join(f", NULL::VARCHAR as {quote_identifier(c)}" for c in missing)
+    connection.execute(f"create view tracks as select *{extra} from {source}")
+    for seed, columns in SEEDS.items():
+        path = seeds_dir / f"{seed}.csv"
+        if not path.exists():
+            raise ModelError(f"seed {path} is missing: add it with a header row {','.join(columns)}")
+        types = "{" + ", ".join(f"{quote_literal(n)}: {quote_literal(t)}" for n, t in columns.items()) + "}"
+        connection.execute(f"create table {seed} as select * from read_csv({quote_literal(str(path))}, header = true, columns = {types})")
+
+
+def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | None = None) -> dict[str, int]:
+    """Rebuild every model from all partitions; return rows per model. Readers keep the old marts
+    until each new one is swapped in whole."""
+    models = load_models(sql_dir)
+    order = build_order(models)
+    staging = warehouse / MARTS / f".staging-{uuid.uuid4().hex[:12]}"
+    rows: dict[str, int] = {}
+    with writer_lock(warehouse):
+        connection = duckdb.connect()
+        try:
+            create_sources(connection, warehouse, seeds_dir or sql_dir / "seeds", models)
+            for name in order:
+                try:
+                    connection.execute(f"create table {quote_identifier(name)} as {models[name].sql}")
+                except duckdb.Error as error:
+                    raise ModelError(f"{name}.sql failed: {str(error).splitlines()[0]}") from None
+                rows[name] = connection.execute(f"select count(*) from {quote_identifier(name)}").fetchone()[0]
+                (staging / name).mkdir(parents=True)
+                target = quote_literal(str(staging / name / f"{name}.parquet"))
+                connection.execute(f"copy {quote_identifier(name)} to {target} (format parquet, compression zstd)")
+            for name in order:
+                swap_in(staging / name, warehouse / MARTS / name)
+        finally:
+            connection.close()
+            shutil.rmtree(staging, ignore_errors=True)
+        rebuild_catalog(warehouse)
+    return rows

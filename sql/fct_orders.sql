@@ -1,0 +1,49 @@
+-- One row per event with a revenue, in its own currency and in USD (the rate of the event's
+-- date, else the latest earlier one; NULL, never 0, without any), with the user's first-touch
+-- campaign source. Money is DECIMAL(18, 4): exact sums, and 4 decimals cover every ISO 4217
+-- minor unit.
+with tracks as (
+    select * from stg_tracks
+),
+
+rates as (
+    select * from fx_rates
+),
+
+orders as (
+    select message_id, event, event_date, timestamp, user_key, revenue, currency
+    from tracks
+    where revenue is not null
+),
+
+first_touch as (
+    select user_key, context_campaign_source as campaign_source
+    from tracks
+    where context_campaign_source is not null
+    qualify row_number() over (
+        partition by user_key
+        order by timestamp nulls last, message_id
+    ) = 1
+),
+
+priced as (
+    select
+        orders.*,
+        case when orders.currency = 'USD' then 1.0 else rates.rate_to_usd end as rate_to_usd
+    from orders
+    asof left join rates
+        on orders.currency = rates.currency
+        and orders.event_date >= rates.date
+)
+
+select
+    priced.message_id,
+    priced.event,
+    priced.event_date,
+    priced.user_key,
+    cast(priced.revenue as decimal(18, 4)) as revenue,
+    priced.currency,
+    cast(round(priced.revenue * priced.rate_to_usd, 4) as decimal(18, 4)) as revenue_usd,
+    first_touch.campaign_source
+from priced
+left join first_touch using (user_key)

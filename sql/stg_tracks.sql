@@ -1,0 +1,35 @@
+-- One row per message_id over all received days: the earliest received copy wins, and
+-- user_key stitches anonymous activity to the user_id last seen with that anonymous_id.
+with source as (
+    select * from tracks
+),
+
+first_received as (
+    select *
+    from source
+    qualify row_number() over (
+        partition by message_id
+        order by received_date, received_at nulls last, source_file, line_number, batch_index nulls first
+    ) = 1
+),
+
+identified as (
+    select anonymous_id, user_id, timestamp, message_id
+    from first_received
+    where anonymous_id is not null and user_id is not null
+),
+
+last_user_per_anonymous_id as (
+    select anonymous_id, user_id as stitched_user_id
+    from identified
+    qualify row_number() over (
+        partition by anonymous_id
+        order by timestamp desc nulls last, message_id desc
+    ) = 1
+)
+
+select
+    first_received.*,
+    coalesce(first_received.user_id, stitched.stitched_user_id, first_received.anonymous_id) as user_key
+from first_received
+left join last_user_per_anonymous_id as stitched using (anonymous_id)
