@@ -19,6 +19,9 @@ import duckdb
 from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
 
 DATABASE_FILE = "warehouse.duckdb"
+# The file holds only views, so it is written in the oldest storage format DuckDB 1.x reads:
+# analysts' CLIs and BI tools on an older DuckDB open it too.
+STORAGE_COMPATIBILITY = {"storage_compatibility_version": "v1.0.0"}
 LOCK_FILE = ".catalog.lock"
 EVENTS_SCHEMA = "events"
 BASE_VIEWS = ("tracks", "quarantine", "discards")
@@ -102,7 +105,7 @@ def rebuilt_database(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to a fresh database file that replaces `warehouse.duckdb` when the block ends."""
     final = warehouse / DATABASE_FILE
     temporary = warehouse / f".{DATABASE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    connection = duckdb.connect(str(temporary))
+    connection = duckdb.connect(str(temporary), config=STORAGE_COMPATIBILITY)
     try:
         yield connection
         connection.execute("checkpoint")

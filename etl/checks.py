@@ -110,11 +110,11 @@ def schema_problems(path: Path, required: dict[str, pl.DataType], extra_prefix: 
 
 
 def schema_matches_contract(warehouse: Path, day: str) -> CheckOutcome:
-    """`tracks` has the standard columns with their types (plus text `context_…`); `quarantine` exactly its own."""
+    """`tracks` has the standard columns with their types (plus text `context…`); `quarantine` exactly its own."""
     tracks_required = {**TRACKS_STANDARD_SCHEMA, **TRACKS_TRAILING_SCHEMA}
     problems = []
     for path in parquet_files(warehouse, "tracks", day):
-        problems += schema_problems(path, tracks_required, "context_")
+        problems += schema_problems(path, tracks_required, "context")
     for path in parquet_files(warehouse, "quarantine", day):
         problems += schema_problems(path, QUARANTINE_SCHEMA, None)
     if not parquet_files(warehouse, "tracks", day) or not parquet_files(warehouse, "quarantine", day):

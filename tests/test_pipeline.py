@@ -55,6 +55,13 @@ def test_accepted_event_has_typed_standard_fields_and_flattened_context(logs, wa
     assert (row["source_file"], row["line_number"], row["batch_index"]) == (f"{DAY}/web.ndjson", 1, None)
 
 
+def test_a_context_that_is_not_an_object_is_kept_as_text_and_passes_the_schema_check(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(context="mobile-app"), track(context=[1, 2])])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["context"].to_list() == ["mobile-app", "[1,2]"]
+    assert checks.schema_matches_contract(warehouse, DAY).passed
+
+
 def test_missing_currency_means_usd(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [track(properties={"revenue": 5})])
     load_day(logs, warehouse, DAY)
