@@ -7,6 +7,7 @@ NULL there and one `discards` row, so nothing is lost and no type conflict fails
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,30 @@ def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str,
     return by_event
 
 
+def without_rows(gathered: dict[str, EventProperties], dropped: list[int]) -> dict[str, EventProperties]:
+    """The gathered properties after removing `tracks` rows `dropped` (in-partition duplicates),
+    with positions renumbered as in the filtered frame. Only events that lose a row are rebuilt."""
+    gone = set(dropped)
+    ordered = sorted(gone)
+    out: dict[str, EventProperties] = {}
+    for event, sink in gathered.items():
+        lost = [row for row, position in enumerate(sink.positions) if position in gone]
+        if not lost:
+            out[event] = EventProperties([p - bisect.bisect_left(ordered, p) for p in sink.positions], sink.cells)
+            continue
+        kept_rows = [row for row, position in enumerate(sink.positions) if position not in gone]
+        if not kept_rows:
+            continue
+        renumber = {old: new for new, old in enumerate(kept_rows)}
+        kept = EventProperties([sink.positions[r] - bisect.bisect_left(ordered, sink.positions[r]) for r in kept_rows])
+        for path, (rows, values) in sink.cells.items():
+            for row, value in zip(rows, values):
+                if row in renumber:
+                    kept.put(path, renumber[row], value)
+        out[event] = kept
+    return out
+
+
 def value_type(value: Any) -> str:
     kind = type(value)
     if kind is bool:
@@ -95,6 +120,19 @@ def first_seen_type(values: list[Any]) -> str:
     if kind == "int" and any(type(v) is float for v in values):
         return "float"
     return kind
+
+
+EXACT_PYTHON_TYPE = {"string": str, "float": float, "bool": bool}
+
+
+def converted_column(values: list[Any], kind: str) -> list[Any]:
+    """`converted` over a column, skipping the per-value work when every value already fits."""
+    exact = EXACT_PYTHON_TYPE.get(kind)
+    if exact is not None and all(type(v) is exact for v in values):
+        return values
+    if kind == "int" and all(type(v) is int for v in values) and INT64_MIN <= min(values) and max(values) <= INT64_MAX:
+        return values
+    return [converted(v, kind) for v in values]
 
 
 def converted(value: Any, kind: str) -> Any:
@@ -143,34 +181,35 @@ def register_columns(registry: SchemaRegistry, event: str, cells: dict) -> dict[
     return registry.register(event, proposals) if proposals else known
 
 
-def event_tables(tracks: pl.DataFrame, fields: list[TrackFields], registry: SchemaRegistry) -> EventTables:
+def event_tables(tracks: pl.DataFrame, gathered: dict[str, EventProperties], registry: SchemaRegistry) -> EventTables:
     """Split a chunk's accepted rows into per-event frames with typed property columns."""
     out = EventTables()
-    events = tracks["event"].to_list()
     message_ids = tracks["message_id"]
     base_columns = [
         c for c in tracks.columns
         if c in EVENT_LEADING_COLUMNS or c.startswith("context_") or c in EVENT_PROVENANCE_COLUMNS
     ]
-    for event, gathered in gather_properties(fields, events).items():
-        columns = register_columns(registry, event, gathered.cells)
-        height = len(gathered.positions)
-        base = tracks.select(base_columns)[gathered.positions]
+    for event, sink in gathered.items():
+        columns = register_columns(registry, event, sink.cells)
+        height = len(sink.positions)
+        base = tracks.select(base_columns)[sink.positions]
         base = base.select(c for c in base.columns if not c.startswith("context_") or base[c].null_count() < height)
-        ids = message_ids.gather(gathered.positions)
+        ids = message_ids.gather(sink.positions)
         series = []
-        for path, (rows, values) in gathered.cells.items():
+        for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))
             if column is None:
                 out.over_cap_values += len(values)
                 continue
-            typed = [converted(v, column.type) for v in values]
-            fit = [(r, t) for r, t in zip(rows, typed) if t is not INVALID]
-            misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID]
+            typed = converted_column(values, column.type)
+            misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID] if typed is not values else []
+            if misfit:
+                rows, typed = zip(*((r, t) for r, t in zip(rows, typed) if t is not INVALID)) if len(misfit) < len(rows) else ((), ())
             dtype = pl.Int64() if column.type == "timestamp" else POLARS_TYPES[column.type]
-            values_series = pl.Series([t for _, t in fit], dtype=dtype)
-            full = pl.Series(column.name, [None] * height, dtype=dtype).scatter([r for r, _ in fit], values_series)
-            series.append((column.position, full.cast(POLARS_TYPES[column.type])))
+            values_series = pl.Series(column.name, list(typed), dtype=dtype)
+            if len(rows) != height:
+                values_series = pl.Series(column.name, [None] * height, dtype=dtype).scatter(list(rows), values_series)
+            series.append((column.position, values_series.cast(POLARS_TYPES[column.type])))
             if misfit:
                 out.discards.append(pl.DataFrame({
                     "event": [event] * len(misfit),

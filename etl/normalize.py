@@ -54,43 +54,39 @@ def json_text(value: Any) -> str:
     return value if isinstance(value, str) else dump_json(value).decode()
 
 
-class SparseColumns:
-    """Columns that only some rows have (flattened `context`): row numbers and values per name."""
-
-    def __init__(self) -> None:
-        self.cells: dict[str, tuple[list[int], list[str]]] = {}
-
-    def put(self, name: str, row: int, value: str) -> None:
-        cell = self.cells.get(name)
-        if cell is None:
-            cell = self.cells[name] = ([], [])
-        cell[0].append(row)
-        cell[1].append(value)
-
-    def to_series(self, height: int) -> list[pl.Series]:
-        out = []
-        for name in sorted(self.cells):
-            rows, values = self.cells[name]
-            column = pl.Series(name, [None] * height, dtype=pl.String)
-            out.append(column.scatter(rows, values))
-        return out
-
-
-def flatten_context(node: Any, prefix: str, row: int, sink: SparseColumns) -> None:
-    """`context.page.url` → `context_page_url`; arrays and scalars become text (JSON for non-strings)."""
-    if isinstance(node, dict):
-        for key, child in node.items():
-            flatten_context(child, f"{prefix}_{key_name(key)}", row, sink)
-    elif node is not None:
-        sink.put(prefix, row, json_text(node))
-
-
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
-    sink = SparseColumns()
+    """`context.page.url` → `context_page_url`, one text column per key path (JSON text for
+    numbers, booleans and arrays), NULL where a row lacks it. A tight loop: it runs per event."""
+    cells: dict[str, tuple[list[int], list[str]]] = {}
+    names: dict[tuple[str, str], str] = {}
     for row, context in enumerate(contexts):
-        if context is not None:
-            flatten_context(context, "context", row, sink)
-    return sink.to_series(len(contexts))
+        if context is None:
+            continue
+        if type(context) is not dict:
+            cells.setdefault("context", ([], []))
+            cells["context"][0].append(row)
+            cells["context"][1].append(json_text(context))
+            continue
+        stack = [("context", context)]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():
+                name = names.get((prefix, key))
+                if name is None:
+                    name = names[(prefix, key)] = f"{prefix}_{key_name(key)}"
+                if type(value) is dict:
+                    stack.append((name, value))
+                elif value is not None:
+                    cell = cells.get(name)
+                    if cell is None:
+                        cell = cells[name] = ([], [])
+                    cell[0].append(row)
+                    cell[1].append(value if type(value) is str else json_text(value))
+    height = len(contexts)
+    return [
+        pl.Series(name, [None] * height, dtype=pl.String).scatter(rows, pl.Series(values, dtype=pl.String))
+        for name, (rows, values) in sorted(cells.items())
+    ]
 
 
 def corrected_timestamp() -> pl.Expr:

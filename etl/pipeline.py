@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from etl.dedupe import SeenMessageIds
-from etl.events import EventTables, empty_discards, event_tables
+from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties, without_rows
 from etl.normalize import empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
-from etl.read import CHUNK_BYTES, FileBreak, list_day_files, read_chunks
-from etl.validate import ValidatedChunk, validate_break, validate_chunk
+from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
+from etl.validate import ValidatedChunk, raw_text_at, validate_break, validate_chunk
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
 
@@ -28,6 +32,8 @@ TRACKS = "tracks"
 QUARANTINE = "quarantine"
 DISCARDS = "discards"
 EVENTS = "events"
+PARALLEL_FROM_BYTES = 32 * 1024 * 1024
+MAX_WORKERS = 4
 
 
 @dataclass
@@ -61,17 +67,33 @@ def relative_source(logs_root: Path, path: Path) -> str:
     return path.relative_to(logs_root).as_posix()
 
 
-def duplicate_rows(chunk: ValidatedChunk, tracks: pl.DataFrame, duplicate: pl.Series) -> None:
+def duplicate_rows(chunk: ValidatedChunk, piece: LineChunk, tracks: pl.DataFrame, duplicate: pl.Series) -> None:
     """Move accepted-but-duplicate messages of a chunk into its quarantine lists."""
-    positions = duplicate.arg_true().to_list()
-    ids = tracks["message_id"].gather(positions).to_list()
-    for position, message_id in zip(positions, ids):
+    for message_id, line_number, batch_index in tracks.filter(duplicate).select("message_id", "line_number", "batch_index").iter_rows():
         chunk.reject(
-            chunk.accepted_line[position],
-            chunk.accepted_batch_index[position],
-            chunk.accepted_raw_text(position),
+            line_number,
+            batch_index,
+            raw_text_at(piece, line_number, batch_index),
             [("duplicate_message_id", f"messageId {message_id!r} was already accepted earlier in this partition")],
         )
+
+
+@dataclass
+class PreparedChunk:
+    """The order-independent work on a chunk, done in a worker process: validated, normalized,
+    properties gathered by event. `chunk.accepted` is emptied: the frame carries what is needed."""
+
+    chunk: ValidatedChunk
+    tracks: pl.DataFrame
+    gathered: dict[str, EventProperties]
+
+
+def prepare_chunk(piece: LineChunk | FileBreak, received_date: dt.date) -> PreparedChunk:
+    chunk = validate_break(piece) if isinstance(piece, FileBreak) else validate_chunk(piece)
+    tracks = tracks_frame(chunk, received_date)
+    gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
+    chunk.accepted = []
+    return PreparedChunk(chunk, tracks, gathered)
 
 
 @dataclass
@@ -81,19 +103,62 @@ class ChunkOutput:
     events: EventTables
 
 
-def process_chunk(
-    chunk: ValidatedChunk, received_date: dt.date, quarantined_at: dt.datetime,
+def finish_chunk(
+    prepared: PreparedChunk, piece: LineChunk | FileBreak, quarantined_at: dt.datetime,
     seen: SeenMessageIds, registry: SchemaRegistry,
 ) -> ChunkOutput:
-    """Normalize a validated chunk, move in-partition duplicates to quarantine, split by event."""
-    tracks = tracks_frame(chunk, received_date)
-    fields = chunk.accepted
+    """The order-dependent work, in the main process and in input order: duplicates (first by
+    file name, then line, wins) go to quarantine; the registry types the event tables."""
+    chunk, tracks, gathered = prepared.chunk, prepared.tracks, prepared.gathered
     duplicate = seen.mark_duplicates(tracks["message_id"])
     if duplicate.any():
-        duplicate_rows(chunk, tracks, duplicate)
+        duplicate_rows(chunk, piece, tracks, duplicate)
+        gathered = without_rows(gathered, duplicate.arg_true().to_list())
         tracks = tracks.filter(~duplicate)
-        fields = [f for f, dup in zip(fields, duplicate.to_list()) if not dup]
-    return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, fields, registry))
+    return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, gathered, registry))
+
+
+def prepared_in_order(
+    pieces: Iterator[LineChunk | FileBreak], received_date: dt.date, workers: int,
+) -> Iterator[tuple[LineChunk | FileBreak, PreparedChunk]]:
+    """Prepare chunks on `workers` processes, yielding them in input order (so output does not
+    depend on parallelism); at most two chunks per worker are in flight, bounding memory."""
+    if workers <= 1:
+        for piece in pieces:
+            yield piece, prepare_chunk(piece, received_date)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        in_flight: deque = deque()
+        for piece in pieces:
+            in_flight.append((piece, pool.submit(prepare_chunk, piece, received_date)))
+            if len(in_flight) >= 2 * workers:
+                done, future = in_flight.popleft()
+                yield done, future.result()
+        while in_flight:
+            done, future = in_flight.popleft()
+            yield done, future.result()
+
+
+def worker_count(files: list[Path]) -> int:
+    """Both cores for a large day; one process below PARALLEL_FROM_BYTES, where starting workers
+    would cost more than it saves. TRACKHOUSE_WORKERS overrides."""
+    configured = os.environ.get("TRACKHOUSE_WORKERS")
+    if configured:
+        return max(1, int(configured))
+    if sum(path.stat().st_size for path in files) < PARALLEL_FROM_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int) -> Iterator[LineChunk | FileBreak]:
+    for path in files:
+        source = relative_source(logs_root, path)
+        log.info("%s: reading %s", day, source)
+        for piece in read_chunks(path, source, chunk_bytes):
+            if isinstance(piece, FileBreak):
+                log.warning("%s: unreadable from line %d on (%s)", source, piece.line_number, piece.error)
+            yield piece
 
 
 def existing_event_tables(warehouse: Path) -> list[str]:
@@ -101,7 +166,9 @@ def existing_event_tables(warehouse: Path) -> list[str]:
     return [f"{EVENTS}/{p.name}" for p in folder.iterdir()] if folder.is_dir() else []
 
 
-def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUNK_BYTES) -> DaySummary:
+def load_day(
+    logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
+) -> DaySummary:
     """Load every log file of `day` into its warehouse partition, replacing it atomically."""
     received_date = dt.date.fromisoformat(day)
     quarantined_at = dt.datetime.now(dt.UTC)
@@ -115,32 +182,27 @@ def load_day(logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUN
     seen = SeenMessageIds()
     registry = SchemaRegistry(warehouse)
     with PartitionWriter(warehouse, day) as writer:
-        for path in day_files.files:
-            source = relative_source(logs_root, path)
-            log.info("%s: reading %s", day, source)
-            for piece in read_chunks(path, source, chunk_bytes):
-                if isinstance(piece, FileBreak):
-                    chunk = validate_break(piece)
-                    summary.unreadable_files += 1
-                    log.warning("%s: unreadable from line %d on (%s)", source, piece.line_number, piece.error)
-                else:
-                    chunk = validate_chunk(piece)
-                out = process_chunk(chunk, received_date, quarantined_at, seen, registry)
-                writer.append(TRACKS, out.tracks)
-                writer.append(QUARANTINE, out.quarantine)
-                writer.append(DISCARDS, out.events.discards_frame())
-                for event, frame in out.events.frames.items():
-                    writer.append(f"{EVENTS}/{event}", frame)
-                    event_rows[event] += frame.height
-                reasons.update(out.quarantine["reason"].to_list())
-                summary.lines += chunk.lines
-                summary.blank_lines += chunk.blank_lines
-                summary.envelopes += chunk.envelopes
-                summary.messages += chunk.messages
-                summary.accepted += out.tracks.height
-                summary.quarantined += out.quarantine.height
-                summary.discards += out.events.discards_frame().height
-                summary.values_over_column_cap += out.events.over_cap_values
+        pieces = day_pieces(logs_root, day_files.files, day, chunk_bytes)
+        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):
+            out = finish_chunk(prepared, piece, quarantined_at, seen, registry)
+            chunk = prepared.chunk
+            writer.append(TRACKS, out.tracks)
+            writer.append(QUARANTINE, out.quarantine)
+            discards = out.events.discards_frame()
+            writer.append(DISCARDS, discards)
+            for event, frame in out.events.frames.items():
+                writer.append(f"{EVENTS}/{event}", frame)
+                event_rows[event] += frame.height
+            reasons.update(out.quarantine["reason"].to_list())
+            summary.lines += chunk.lines
+            summary.blank_lines += chunk.blank_lines
+            summary.envelopes += chunk.envelopes
+            summary.messages += chunk.messages
+            summary.unreadable_files += isinstance(piece, FileBreak)
+            summary.accepted += out.tracks.height
+            summary.quarantined += out.quarantine.height
+            summary.discards += discards.height
+            summary.values_over_column_cap += out.events.over_cap_values
         writer.flush_all()
         # Every day has these tables, even empty, so views and schemas never miss a partition.
         for table, empty in ((TRACKS, empty_tracks()), (QUARANTINE, empty_quarantine()), (DISCARDS, empty_discards())):

@@ -125,7 +125,7 @@ def parse_timestamp(value: Any) -> int | None | Invalid:
     """ISO-8601 (extended format) to UTC epoch microseconds; naive times are read as UTC."""
     if value is None:
         return None
-    if not isinstance(value, str) or not ISO_8601.fullmatch(value):
+    if type(value) is not str or not ISO_8601.fullmatch(value):
         return INVALID
     try:
         parsed = dt.datetime.fromisoformat(value.upper().replace(",", "."))
@@ -388,7 +388,6 @@ class ValidatedChunk:
     accepted: list[TrackFields]
     accepted_line: list[int]
     accepted_batch_index: list[int | None]
-    accepted_raw: list[bytes | tuple[bytes, int]]
     quarantine_line: list[int]
     quarantine_batch_index: list[int | None]
     quarantine_raw: list[str]
@@ -401,7 +400,7 @@ class ValidatedChunk:
 
     @classmethod
     def empty(cls, source_file: str) -> "ValidatedChunk":
-        return cls(source_file, [], [], [], [], [], [], [], [], [])
+        return cls(source_file, [], [], [], [], [], [], [], [])
 
     def reject(self, line_number: int, batch_index: int | None, raw: str, failures: list[tuple[str, str]]) -> None:
         self.quarantine_line.append(line_number)
@@ -410,21 +409,26 @@ class ValidatedChunk:
         self.quarantine_reasons.append([code for code, _ in failures])
         self.quarantine_message.append(explain(failures))
 
-    def accept(self, line_number: int, batch_index: int | None, fields: TrackFields, raw: bytes | tuple[bytes, int]) -> None:
-        """Keep a reference to the raw line (not a copy) in case the message turns out a duplicate."""
+    def accept(self, line_number: int, batch_index: int | None, fields: TrackFields) -> None:
         self.accepted.append(fields)
         self.accepted_line.append(line_number)
         self.accepted_batch_index.append(batch_index)
-        self.accepted_raw.append(raw)
 
-    def accepted_raw_text(self, position: int) -> str:
-        raw = self.accepted_raw[position]
-        if isinstance(raw, bytes):
-            return raw.decode()
-        line, index = raw
-        text = line.decode()
-        start, end = batch_item_spans(text)[index]
-        return text[start:end]
+
+def clean_line(line: bytes) -> bytes:
+    """A physical line without its `\\r` ending and leading byte-order mark."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line[3:] if line.startswith(BOM) else line
+
+
+def raw_text_at(chunk: LineChunk, line_number: int, batch_index: int | None) -> str:
+    """The exact original text of a message, found again from its provenance (for duplicates)."""
+    text = clean_line(chunk.lines()[line_number - chunk.first_line_number]).decode()
+    if batch_index is None:
+        return text
+    start, end = batch_item_spans(text)[batch_index]
+    return text[start:end]
 
 
 def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
@@ -471,7 +475,7 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
         if fields is None:
             result.reject(line_number, index, item_text(index), failures)
         else:
-            result.accept(line_number, index, fields, (line, index))
+            result.accept(line_number, index, fields)
 
 
 ID_FIELDS = ("userId", "anonymousId")
@@ -491,7 +495,9 @@ def has_huge_integer_id(message: Any) -> bool:
 def parse_line(line: bytes) -> Any:
     """orjson for speed; the standard library (exact big integers) only for a huge integer id."""
     parsed = orjson.loads(line)
-    if isinstance(parsed, dict):
+    if type(parsed) is dict and (
+        type(parsed.get("userId")) is float or type(parsed.get("anonymousId")) is float or "batch" in parsed
+    ):
         batch = parsed.get("batch")
         items = batch if isinstance(batch, list) else [parsed]
         if any(has_huge_integer_id(item) for item in items):
@@ -500,10 +506,7 @@ def parse_line(line: bytes) -> Any:
 
 
 def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None:
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if line.startswith(BOM):
-        line = line[3:]
+    line = clean_line(line)
     if not line.strip():
         result.blank_lines += 1
         return
@@ -528,7 +531,7 @@ def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None
     if fields is None:
         result.reject(line_number, None, line.decode(), failures)
     else:
-        result.accept(line_number, None, fields, line)
+        result.accept(line_number, None, fields)
 
 
 def validate_chunk(chunk: LineChunk) -> ValidatedChunk:

@@ -243,3 +243,26 @@ def test_schema_check_fails_on_a_column_of_the_wrong_type(logs, warehouse):
     broken.write_parquet(folder / "part-00000.parquet")
     outcome = checks.schema_matches_contract(warehouse, DAY)
     assert not outcome.passed and "line_number is String" in outcome.description
+
+
+def test_parallel_workers_write_exactly_what_one_process_writes(logs, tmp_path):
+    lines = []
+    for i in range(400):
+        lines.append(track(f"Event {i % 5}", messageId=f"m{i % 350}", properties={"n": i if i % 7 else "text", "tags": [i]}))
+        if i % 50 == 0:
+            lines += ["not json", {"batch": [track("In Batch", messageId=f"m{i}"), 5]}]
+    write_log(logs / DAY / "a.ndjson", lines)
+    write_log(logs / DAY / "b.ndjson.gz", lines[::3])
+    outputs = []
+    for workers in (1, 2):
+        warehouse = tmp_path / f"warehouse-{workers}"
+        summary = load_day(logs, warehouse, DAY, chunk_bytes=2048, workers=workers)
+        tables = {}
+        for table in ("tracks", "quarantine", "discards", "events/event_3"):
+            frames = [pl.read_parquet(p) for p in sorted(partition_dir(warehouse, table, DAY).glob("*.parquet"))]
+            tables[table] = pl.concat(frames, how="diagonal_relaxed").drop("quarantined_at", strict=False)
+        outputs.append((summary.as_dict(), tables))
+    (serial_summary, serial), (parallel_summary, parallel) = outputs
+    assert serial_summary == parallel_summary and serial_summary["quarantined_by_reason"]["duplicate_message_id"] > 0
+    for table in serial:
+        assert serial[table].equals(parallel[table]), table
