@@ -93,9 +93,9 @@ def without_rows(gathered: dict[str, EventProperties], dropped: list[int]) -> di
         renumber = {old: new for new, old in enumerate(kept_rows)}
         kept = EventProperties([sink.positions[r] - bisect.bisect_left(ordered, sink.positions[r]) for r in kept_rows])
         for path, (rows, values) in sink.cells.items():
-            for row, value in zip(rows, values):
-                if row in renumber:
-                    kept.put(path, renumber[row], value)
+            pairs = [(renumber[row], value) for row, value in zip(rows, values) if row in renumber]
+            if pairs:
+                kept.cells[path] = ([row for row, _ in pairs], [value for _, value in pairs])
         out[event] = kept
     return out
 

@@ -69,11 +69,12 @@ def relative_source(logs_root: Path, path: Path) -> str:
 
 def duplicate_rows(chunk: ValidatedChunk, piece: LineChunk, tracks: pl.DataFrame, duplicate: pl.Series) -> None:
     """Move accepted-but-duplicate messages of a chunk into its quarantine lists."""
+    lines = piece.lines()
     for message_id, line_number, batch_index in tracks.filter(duplicate).select("message_id", "line_number", "batch_index").iter_rows():
         chunk.reject(
             line_number,
             batch_index,
-            raw_text_at(piece, line_number, batch_index),
+            raw_text_at(lines, piece.first_line_number, line_number, batch_index),
             [("duplicate_message_id", f"messageId {message_id!r} was already accepted earlier in this partition")],
         )
 

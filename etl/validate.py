@@ -422,9 +422,9 @@ def clean_line(line: bytes) -> bytes:
     return line[3:] if line.startswith(BOM) else line
 
 
-def raw_text_at(chunk: LineChunk, line_number: int, batch_index: int | None) -> str:
+def raw_text_at(lines: list[bytes], first_line_number: int, line_number: int, batch_index: int | None) -> str:
     """The exact original text of a message, found again from its provenance (for duplicates)."""
-    text = clean_line(chunk.lines()[line_number - chunk.first_line_number]).decode()
+    text = clean_line(lines[line_number - first_line_number]).decode()
     if batch_index is None:
         return text
     start, end = batch_item_spans(text)[batch_index]
