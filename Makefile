@@ -31,3 +31,11 @@ samples: $(INSTALLED)
 
 clean:
 	rm -rf $(WAREHOUSE) .pytest_cache
+
+# Benchmark (bench/run.py): `make bench` writes bench/results.md (roughly 30-60 min on 2 cores);
+# `make bench-smoke` is a 10k-event check under a minute. Extra options: BENCH_ARGS="--sizes 250000 --repeat 1".
+bench: $(INSTALLED)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(INSTALLED)
+	$(BIN)/python bench/run.py --smoke $(BENCH_ARGS)
