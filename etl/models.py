@@ -25,6 +25,7 @@ from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 MARTS = "marts"
+MEMORY_LIMIT = "512MB"
 SOURCES = ("tracks",)
 SEEDS = {
     "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DOUBLE"},
@@ -97,26 +98,43 @@ def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds
         connection.execute(f"create table {seed} as select * from read_csv({quote_literal(str(path))}, header = true, columns = {types})")
 
 
+def bounded_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that spills to disk past MEMORY_LIMIT, so a refresh's memory does not
+    grow with the warehouse."""
+    connection = duckdb.connect(config={
+        "memory_limit": MEMORY_LIMIT,
+        "temp_directory": str(spill_dir),
+        "preserve_insertion_order": False,
+    })
+    connection.execute("set enable_progress_bar = false")
+    return connection
+
+
 def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | None = None) -> dict[str, int]:
     """Rebuild every model from all partitions; return rows per model. Readers keep the old marts
-    until each new one is swapped in whole."""
+    until each new one is swapped in whole.
+
+    Each model streams straight to Parquet (COPY), then is read back as a view by the models that
+    depend on it: nothing is held in memory as a table.
+    """
     models = load_models(sql_dir)
     order = build_order(models)
     staging = warehouse / MARTS / f".staging-{uuid.uuid4().hex[:12]}"
     rows: dict[str, int] = {}
     with writer_lock(warehouse):
-        connection = duckdb.connect()
+        staging.mkdir(parents=True)
+        connection = bounded_connection(staging / ".spill")
         try:
             create_sources(connection, warehouse, seeds_dir or sql_dir / "seeds", models)
             for name in order:
+                (staging / name).mkdir()
+                target = quote_literal(str(staging / name / f"{name}.parquet"))
                 try:
-                    connection.execute(f"create table {quote_identifier(name)} as {models[name].sql}")
+                    connection.execute(f"copy ({models[name].sql}) to {target} (format parquet, compression zstd)")
                 except duckdb.Error as error:
                     raise ModelError(f"{name}.sql failed: {str(error).splitlines()[0]}") from None
+                connection.execute(f"create view {quote_identifier(name)} as select * from read_parquet({target})")
                 rows[name] = connection.execute(f"select count(*) from {quote_identifier(name)}").fetchone()[0]
-                (staging / name).mkdir(parents=True)
-                target = quote_literal(str(staging / name / f"{name}.parquet"))
-                connection.execute(f"copy {quote_identifier(name)} to {target} (format parquet, compression zstd)")
             for name in order:
                 swap_in(staging / name, warehouse / MARTS / name)
         finally:
