@@ -82,10 +82,22 @@ def registered_columns(warehouse: Path) -> dict[str, list[Column]]:
         registry.close()
 
 
-def event_view_sql(connection: duckdb.DuckDBPyConnection, source: str, properties: list[Column]) -> str:
+def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -> dict[str, set[str]]:
+    """Event table → the columns its Parquet files hold, in one schema scan of every footer
+    (one query, not one per table: a warehouse may have thousands of event tables)."""
+    pattern = quote_literal(str(events.resolve() / "*" / "received_date=*" / "*.parquet"))
+    rows = connection.execute(
+        f"select distinct file_name, name from parquet_schema({pattern}) where num_children is null"
+    ).fetchall()
+    written: dict[str, set[str]] = {}
+    for file_name, column in rows:
+        written.setdefault(Path(file_name).parent.parent.name, set()).add(column)
+    return written
+
+
+def event_view_sql(source: str, present: set[str], properties: list[Column]) -> str:
     """Standard, context and provenance columns as written, then every registered property column
     cast to its registry type (NULL for partitions written before the column existed)."""
-    present = {row[0] for row in connection.execute(f"describe select * from {source}").fetchall()}
     context = sorted(c for c in present if c.startswith("context_"))
     selected = [quote_identifier(c) for c in (*EVENT_LEADING, *context, *EVENT_TRAILING) if c in present]
     for column in properties:
@@ -128,12 +140,11 @@ def create_event_views(connection: duckdb.DuckDBPyConnection, warehouse: Path, t
     if not folder.is_dir():
         return
     registry = registered_columns(warehouse)
+    written = event_columns_written(connection, folder) if any(folder.glob("*/received_date=*/*.parquet")) else {}
     connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
-    for table in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for table in sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written):
         source = parquet_source(table)
-        if source is None:
-            continue
-        select = event_view_sql(connection, source, registry.get(table.name, []))
+        select = event_view_sql(source, written[table.name], registry.get(table.name, []))
         connection.execute(f"create or replace view {EVENTS_SCHEMA}.{quote_identifier(table.name)} as {select}")
         connection.execute(f"create or replace view {quote_identifier(event_view_name(table.name, taken))} as {select}")
 
