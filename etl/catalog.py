@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ DATABASE_FILE = "warehouse.duckdb"
 # analysts' CLIs and BI tools on an older DuckDB open it too.
 STORAGE_COMPATIBILITY = {"storage_compatibility_version": "v1.0.0"}
 LOCK_FILE = ".catalog.lock"
+FINGERPRINT_FILE = ".catalog.fingerprint"
 EVENTS_SCHEMA = "events"
 BASE_VIEWS = ("tracks", "quarantine", "discards")
 DUCKDB_TYPES = {
@@ -134,13 +137,14 @@ def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -
         connection.execute(f"create or replace view {quote_identifier(name)} as {select}")
 
 
-def create_event_views(connection: duckdb.DuckDBPyConnection, warehouse: Path, taken: set[str]) -> None:
+def create_event_views(
+    connection: duckdb.DuckDBPyConnection, warehouse: Path, taken: set[str], written: dict[str, set[str]],
+) -> None:
     """One view per event table: in schema `events`, and under its own name in the main schema."""
     folder = warehouse / "events"
-    if not folder.is_dir():
+    if not written:
         return
     registry = registered_columns(warehouse)
-    written = event_columns_written(connection, folder) if any(folder.glob("*/received_date=*/*.parquet")) else {}
     connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
     for table in sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written):
         source = parquet_source(table)
@@ -159,18 +163,38 @@ def mart_views(warehouse: Path) -> dict[str, str]:
     return views
 
 
+def catalog_fingerprint(warehouse: Path, views: dict[str, str], written: dict[str, set[str]]) -> str:
+    """What the views depend on: their SQL, each event table's columns, the registry. New
+    partitions of known tables change none of it (views re-read their globs at query time)."""
+    state = {
+        "views": views,
+        "event_columns": {event: sorted(columns) for event, columns in sorted(written.items())},
+        "registry": {event: [(c.name, c.type) for c in columns] for event, columns in sorted(registered_columns(warehouse).items())},
+    }
+    return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
 def rebuild_catalog(warehouse: Path) -> Path:
-    """Rebuild `warehouse.duckdb` with a view per table, per event and per model. Caller holds the writer lock."""
+    """Rebuild `warehouse.duckdb` with a view per table, per event and per model, unless nothing
+    the views depend on changed since the last build. Caller holds the writer lock."""
     views = {}
     for name, folder in table_folders(warehouse).items():
         source = parquet_source(folder)
         if source is not None:
             views[name] = f"select * from {source}"
     views.update(mart_views(warehouse))
+    events = warehouse / "events"
+    written = event_columns_written(duckdb.connect(), events) if any(events.glob("*/received_date=*/*.parquet")) else {}
+    fingerprint = catalog_fingerprint(warehouse, views, written)
+    marker = warehouse / FINGERPRINT_FILE
+    database = warehouse / DATABASE_FILE
+    if database.exists() and marker.exists() and marker.read_text() == fingerprint:
+        return database
     with rebuilt_database(warehouse) as connection:
         create_views(connection, views)
-        create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views))
-    return warehouse / DATABASE_FILE
+        create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views), written)
+    marker.write_text(fingerprint)
+    return database
 
 
 def refresh_catalog(warehouse: Path) -> Path:

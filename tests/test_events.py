@@ -205,3 +205,15 @@ def test_two_concurrent_partition_runs_agree_on_one_registry(logs, warehouse):
     typed = query(warehouse, f"select count(*) from a, unnest([{', '.join(keys)}]) as v(x) where x is not null")[0][0]
     discarded = query(warehouse, "select count(*) from discards")[0][0]
     assert typed + discarded == 2 * 40 * 60
+
+
+def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    database = warehouse / "warehouse.duckdb"
+    built = database.stat().st_ino
+    load(logs, warehouse, {"2025-01-14": [track("A", properties={"n": 2})]})
+    assert database.stat().st_ino == built
+    assert query(warehouse, "select count(*) from a") == [(2,)]
+    load(logs, warehouse, {"2025-01-13": [track("A", properties={"n": 3, "new": "x"}), track("B")]})
+    assert database.stat().st_ino != built
+    assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
