@@ -7,7 +7,6 @@ NULL there and one `discards` row, so nothing is lost and no type conflict fails
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,30 +73,6 @@ def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str,
             if converted is not None:
                 sink.put((name,), row, converted)
     return by_event
-
-
-def without_rows(gathered: dict[str, EventProperties], dropped: list[int]) -> dict[str, EventProperties]:
-    """The gathered properties after removing `tracks` rows `dropped` (in-partition duplicates),
-    with positions renumbered as in the filtered frame. Only events that lose a row are rebuilt."""
-    gone = set(dropped)
-    ordered = sorted(gone)
-    out: dict[str, EventProperties] = {}
-    for event, sink in gathered.items():
-        lost = [row for row, position in enumerate(sink.positions) if position in gone]
-        if not lost:
-            out[event] = EventProperties([p - bisect.bisect_left(ordered, p) for p in sink.positions], sink.cells)
-            continue
-        kept_rows = [row for row, position in enumerate(sink.positions) if position not in gone]
-        if not kept_rows:
-            continue
-        renumber = {old: new for new, old in enumerate(kept_rows)}
-        kept = EventProperties([sink.positions[r] - bisect.bisect_left(ordered, sink.positions[r]) for r in kept_rows])
-        for path, (rows, values) in sink.cells.items():
-            pairs = [(renumber[row], value) for row, value in zip(rows, values) if row in renumber]
-            if pairs:
-                kept.cells[path] = ([row for row, _ in pairs], [value for _, value in pairs])
-        out[event] = kept
-    return out
 
 
 def value_type(value: Any) -> str:
@@ -167,22 +142,36 @@ def empty_discards() -> pl.DataFrame:
     return pl.DataFrame(schema=DISCARDS_SCHEMA)
 
 
-def register_columns(registry: SchemaRegistry, event: str, cells: dict) -> dict[str, Column]:
-    """Ask the registry only when this chunk brings a path it lacks or an int column sees a float."""
+def register_columns(registry: SchemaRegistry, event: str, cells: dict, keep: list[bool] | None) -> dict[str, Column]:
+    """Ask the registry only when this chunk brings a path it lacks or an int column sees a float.
+    Values of dropped rows (`keep` false: duplicates) never name or type a column."""
     known = registry.columns(event)
     proposals = {}
-    for path, (_, values) in cells.items():
+    for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
+        if column is not None and column.type != "int":
+            continue
+        if keep is not None:
+            values = [v for r, v in zip(rows, values) if keep[r]]
+            if not values:
+                continue
         if column is None:
             proposals[key] = (path, first_seen_type(values))
-        elif column.type == "int" and any(type(v) is float for v in values):
+        elif any(type(v) is float for v in values):
             proposals[key] = (path, "float")
     return registry.register(event, proposals) if proposals else known
 
 
-def event_tables(tracks: pl.DataFrame, gathered: dict[str, EventProperties], registry: SchemaRegistry) -> EventTables:
-    """Split a chunk's accepted rows into per-event frames with typed property columns."""
+def event_tables(
+    tracks: pl.DataFrame, gathered: dict[str, EventProperties], registry: SchemaRegistry,
+    duplicate: list[bool] | None = None,
+) -> EventTables:
+    """Split a chunk's accepted rows into per-event frames with typed property columns.
+
+    `tracks` and `gathered` still hold the chunk's duplicates, marked in `duplicate`: each frame
+    is built whole and filtered once, cheaper than re-gathering properties without them.
+    """
     out = EventTables()
     message_ids = tracks["message_id"]
     base_columns = [
@@ -190,7 +179,12 @@ def event_tables(tracks: pl.DataFrame, gathered: dict[str, EventProperties], reg
         if c in EVENT_LEADING_COLUMNS or c.startswith("context_") or c in EVENT_PROVENANCE_COLUMNS
     ]
     for event, sink in gathered.items():
-        columns = register_columns(registry, event, sink.cells)
+        keep = [not duplicate[p] for p in sink.positions] if duplicate is not None else None
+        if keep is not None and all(keep):
+            keep = None
+        if keep is not None and not any(keep):
+            continue
+        columns = register_columns(registry, event, sink.cells, keep)
         height = len(sink.positions)
         base = tracks.select(base_columns)[sink.positions]
         base = base.select(c for c in base.columns if not c.startswith("context_") or base[c].null_count() < height)
@@ -202,9 +196,11 @@ def event_tables(tracks: pl.DataFrame, gathered: dict[str, EventProperties], reg
                 out.over_cap_values += len(values)
                 continue
             typed = converted_column(values, column.type)
-            misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID] if typed is not values else []
-            if misfit:
-                rows, typed = zip(*((r, t) for r, t in zip(rows, typed) if t is not INVALID)) if len(misfit) < len(rows) else ((), ())
+            misfit = []
+            if typed is not values and any(t is INVALID for t in typed):
+                misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID and (keep is None or keep[r])]
+                fitting = [(r, t) for r, t in zip(rows, typed) if t is not INVALID]
+                rows, typed = [r for r, _ in fitting], [t for _, t in fitting]
             dtype = pl.Int64() if column.type == "timestamp" else POLARS_TYPES[column.type]
             values_series = pl.Series(column.name, list(typed), dtype=dtype)
             if len(rows) != height:
@@ -219,5 +215,6 @@ def event_tables(tracks: pl.DataFrame, gathered: dict[str, EventProperties], reg
                     "expected_type": [column.type] * len(misfit),
                 }, schema=DISCARDS_SCHEMA))
         properties = [s for _, s in sorted(series, key=lambda item: item[0])]
-        out.frames[event] = pl.concat([base, pl.DataFrame(properties)], how="horizontal") if properties else base
+        frame = pl.concat([base, pl.DataFrame(properties)], how="horizontal") if properties else base
+        out.frames[event] = frame if keep is None else frame.filter(pl.Series(keep))
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from etl.dedupe import SeenMessageIds
-from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties, without_rows
+from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
 from etl.validate import ValidatedChunk, raw_text_at, validate_break, validate_chunk
@@ -110,13 +110,13 @@ def finish_chunk(
 ) -> ChunkOutput:
     """The order-dependent work, in the main process and in input order: duplicates (first by
     file name, then line, wins) go to quarantine; the registry types the event tables."""
-    chunk, tracks, gathered = prepared.chunk, prepared.tracks, prepared.gathered
+    chunk, tracks = prepared.chunk, prepared.tracks
     duplicate = seen.mark_duplicates(tracks["message_id"])
-    if duplicate.any():
-        duplicate_rows(chunk, piece, tracks, duplicate)
-        gathered = without_rows(gathered, duplicate.arg_true().to_list())
-        tracks = tracks.filter(~duplicate)
-    return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, gathered, registry))
+    if not duplicate.any():
+        return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, prepared.gathered, registry))
+    duplicate_rows(chunk, piece, tracks, duplicate)
+    events = event_tables(tracks, prepared.gathered, registry, duplicate.to_list())
+    return ChunkOutput(tracks.filter(~duplicate), quarantine_frame(chunk, quarantined_at), events)
 
 
 def prepared_in_order(

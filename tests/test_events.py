@@ -217,3 +217,13 @@ def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse)
     load(logs, warehouse, {"2025-01-13": [track("A", properties={"n": 3, "new": "x"}), track("B")]})
     assert database.stat().st_ino != built
     assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
+
+
+def test_a_quarantined_duplicate_never_names_types_or_discards_a_column(logs, warehouse):
+    load(logs, warehouse, {DAY: [
+        track("A", messageId="m1", properties={"n": 1}),
+        track("A", messageId="m1", properties={"n": "text", "only_in_duplicate": True}),
+    ]})
+    assert registered(warehouse, "a") == [("n", "int")]
+    assert query(warehouse, "select count(*) from discards") == [(0,)]
+    assert query(warehouse, "select message_id, n from a") == [("m1", 1)]
