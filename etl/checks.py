@@ -209,7 +209,7 @@ def orders_reconcile_with_tracks(warehouse: Path) -> CheckOutcome:
     """Revenue per currency in fct_orders equals that of the accepted events carrying revenue."""
     mismatches = warehouse_rows(warehouse, """
         with accepted as (
-            select currency, cast(revenue as decimal(18, 4)) as revenue
+            select currency, case when abs(revenue) < 1e14 then cast(revenue as decimal(18, 4)) end as revenue
             from tracks
             where revenue is not null
             qualify row_number() over (
@@ -261,7 +261,7 @@ def conversion_rate_in_range(warehouse: Path) -> CheckOutcome:
 def fx_coverage(warehouse: Path) -> CheckOutcome:
     """WARN: orders whose currency had no rate on or before their date (revenue_usd is NULL)."""
     missing = warehouse_rows(
-        warehouse, "select distinct currency, event_date from fct_orders where revenue_usd is null order by 1, 2"
+        warehouse, "select distinct currency, event_date from fct_orders where revenue is not null and revenue_usd is null order by 1, 2"
     )
     pairs = ", ".join(f"{currency} {day}" for currency, day in missing)
     return CheckOutcome(not missing, "every order has a USD rate" if not missing else f"no rate for {pairs}", {"missing_pairs": len(missing)})

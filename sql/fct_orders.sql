@@ -1,7 +1,8 @@
 -- One row per event with a revenue, in its own currency and in USD (the rate of the event's
 -- date, else the latest earlier one; NULL, never 0, without any), with the user's first-touch
 -- campaign source. Money is DECIMAL(18, 4): exact sums, and 4 decimals cover every ISO 4217
--- minor unit.
+-- minor unit. An amount of 10^14 or more is no order: it is NULL here (tracks keeps it), so one
+-- absurd line cannot overflow the refresh.
 with tracks as (
     select * from stg_tracks
 ),
@@ -11,7 +12,9 @@ rates as (
 ),
 
 orders as (
-    select message_id, event, event_date, timestamp, user_key, revenue, currency
+    select
+        message_id, event, event_date, timestamp, user_key, currency,
+        case when abs(revenue) < 1e14 then cast(revenue as decimal(18, 4)) end as revenue
     from tracks
     where revenue is not null
 ),
@@ -41,9 +44,9 @@ select
     priced.event,
     priced.event_date,
     priced.user_key,
-    cast(priced.revenue as decimal(18, 4)) as revenue,
+    priced.revenue,
     priced.currency,
-    cast(round(priced.revenue * priced.rate_to_usd, 4) as decimal(18, 4)) as revenue_usd,
+    cast(round(priced.revenue * priced.rate_to_usd, 4) as decimal(38, 4)) as revenue_usd,
     first_touch.campaign_source
 from priced
 left join first_touch using (user_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import dagster as dg
 import polars as pl
@@ -133,3 +134,19 @@ def test_models_are_requested_automatically_after_a_partition_loads(logs, wareho
     after_load = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     for model in ("stg_tracks", "daily_active_users", "dim_identities"):
         assert after_load.get_num_requested(dg.AssetKey(model)) == 1
+
+
+def test_an_absurd_revenue_cannot_break_the_model_refresh(logs, warehouse):
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("Order Completed", messageId="huge", properties={"revenue": 1e20}),
+        track("Order Completed", messageId="fine", properties={"revenue": "19.99"}),
+    ])
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    materialize_day(config, "2025-01-14")
+    result = dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
+    assert result.success
+    assert [e.check_name for e in result.get_asset_check_evaluations() if not e.passed] == []
+    assert query(warehouse, "select message_id, revenue from fct_orders order by 1") == [
+        ("fine", Decimal("19.9900")), ("huge", None),
+    ]
+    assert query(warehouse, "select revenue from tracks where message_id = 'huge'") == [(1e20,)]

@@ -396,8 +396,8 @@ def test_numeric_string_revenue_is_converted_to_float():
 
 
 def test_number_revenue_is_accepted_as_float():
-    for given, expected in [(20, 20.0), (19.99, 19.99), ("1e3", 1000.0)]:
-        revenue = accepted(track(properties={"revenue": given})).revenue
+    for sent, expected in [(20, 20.0), (19.99, 19.99), ("1e3", 1000.0)]:
+        revenue = accepted(track(properties={"revenue": sent})).revenue
         assert type(revenue) is float and revenue == expected
 
 
