@@ -41,11 +41,12 @@ def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: flo
     }
     for name, outcome in outcomes.items():
         asset, severity, _ = PARTITION_CHECKS[name]
-        yield dg.AssetCheckResult(
-            check_name=name,
-            asset_key=asset,
-            passed=outcome.passed,
-            severity=severity,
-            description=outcome.description,
-            metadata=outcome.metadata,
-        )
+        yield check_result(name, asset, severity, outcome)
+
+
+def check_result(name: str, asset: str, severity: dg.AssetCheckSeverity, outcome: checks.CheckOutcome) -> dg.AssetCheckResult:
+    """A library check's outcome as Dagster reports it."""
+    return dg.AssetCheckResult(
+        check_name=name, asset_key=asset, passed=outcome.passed,
+        severity=severity, description=outcome.description, metadata=outcome.metadata,
+    )

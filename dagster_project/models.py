@@ -7,6 +7,7 @@ other); Declarative Automation re-runs them after any partition load or backfill
 
 import dagster as dg
 
+from dagster_project.checks import check_result
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
 from etl.models import SEEDS, SOURCES, load_models, refresh_models
@@ -64,11 +65,7 @@ def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
             },
         )
     for check_name, (asset, severity, check) in MODEL_CHECKS.items():
-        outcome = check(trackhouse.warehouse)
-        yield dg.AssetCheckResult(
-            check_name=check_name, asset_key=asset, passed=outcome.passed,
-            severity=severity, description=outcome.description, metadata=outcome.metadata,
-        )
+        yield check_result(check_name, asset, severity, check(trackhouse.warehouse))
 
 
 models_automation = dg.AutomationConditionSensorDefinition(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
 from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
 
 DATABASE_FILE = "warehouse.duckdb"
@@ -32,11 +33,6 @@ DUCKDB_TYPES = {
     "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
     "string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "json": "VARCHAR",
 }
-EVENT_LEADING = (
-    "message_id", "event", "event_text", "user_id", "anonymous_id", "timestamp", "original_timestamp",
-    "sent_at", "received_at", "event_date",
-)
-EVENT_TRAILING = ("source_file", "line_number", "batch_index")
 
 
 def quote_identifier(name: str) -> str:
@@ -102,7 +98,7 @@ def event_view_sql(source: str, present: set[str], properties: list[Column]) -> 
     """Standard, context and provenance columns as written, then every registered property column
     cast to its registry type (NULL for partitions written before the column existed)."""
     context = sorted(c for c in present if c.startswith("context_"))
-    selected = [quote_identifier(c) for c in (*EVENT_LEADING, *context, *EVENT_TRAILING) if c in present]
+    selected = [quote_identifier(c) for c in (*EVENT_LEADING_COLUMNS, *context, *EVENT_PROVENANCE_COLUMNS) if c in present]
     for column in properties:
         value = quote_identifier(column.name) if column.name in present else "NULL"
         selected.append(f"cast({value} as {DUCKDB_TYPES[column.type]}) as {quote_identifier(column.name)}")
