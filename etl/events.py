@@ -47,15 +47,20 @@ class EventProperties:
         cell[1].append(value)
 
 
-def flatten_properties(node: dict, prefix: tuple[str, ...], row: int, sink: EventProperties) -> None:
+def flatten_properties(node: dict, prefix: tuple[str, ...], row: int, cells: dict) -> None:
+    """Put each leaf of `node` into `cells` (an EventProperties' cells, filled inline: per event)."""
     for key, value in node.items():
         if not prefix and key in CONVERTED_PROPERTIES:
             continue
         path = (*prefix, key)
         if type(value) is dict:
-            flatten_properties(value, path, row, sink)
+            flatten_properties(value, path, row, cells)
         elif value is not None:
-            sink.put(path, row, value)
+            cell = cells.get(path)
+            if cell is None:
+                cell = cells[path] = ([], [])
+            cell[0].append(row)
+            cell[1].append(value)
 
 
 def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
@@ -67,7 +72,7 @@ def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str,
             sink = by_event[event] = EventProperties()
         row = len(sink.positions)
         sink.positions.append(position)
-        flatten_properties(message.properties, (), row, sink)
+        flatten_properties(message.properties, (), row, sink.cells)
         for name in CONVERTED_PROPERTIES:
             converted = getattr(message, name)
             if converted is not None:

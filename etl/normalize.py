@@ -56,37 +56,35 @@ def json_text(value: Any) -> str:
 
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
     """`context.page.url` → `context_page_url`, one text column per key path (JSON text for
-    numbers, booleans and arrays), NULL where a row lacks it. A tight loop: it runs per event."""
-    cells: dict[str, tuple[list[int], list[str]]] = {}
-    names: dict[tuple[str, str], str] = {}
+    numbers, booleans and arrays), NULL where a row lacks it. A tight loop: it runs per event,
+    so each column is a dense list filled in place and names are cached per parent path."""
+    height = len(contexts)
+    columns: dict[str, list[str | None]] = {}
+    child_names: dict[str, dict[str, str]] = {}
     for row, context in enumerate(contexts):
         if context is None:
             continue
         if type(context) is not dict:
-            cells.setdefault("context", ([], []))
-            cells["context"][0].append(row)
-            cells["context"][1].append(json_text(context))
+            columns.setdefault("context", [None] * height)[row] = json_text(context)
             continue
         stack = [("context", context)]
         while stack:
             prefix, node = stack.pop()
+            names = child_names.get(prefix)
+            if names is None:
+                names = child_names[prefix] = {}
             for key, value in node.items():
-                name = names.get((prefix, key))
+                name = names.get(key)
                 if name is None:
-                    name = names[(prefix, key)] = f"{prefix}_{key_name(key)}"
+                    name = names[key] = f"{prefix}_{key_name(key)}"
                 if type(value) is dict:
                     stack.append((name, value))
                 elif value is not None:
-                    cell = cells.get(name)
-                    if cell is None:
-                        cell = cells[name] = ([], [])
-                    cell[0].append(row)
-                    cell[1].append(value if type(value) is str else json_text(value))
-    height = len(contexts)
-    return [
-        pl.Series(name, [None] * height, dtype=pl.String).scatter(rows, pl.Series(values, dtype=pl.String))
-        for name, (rows, values) in sorted(cells.items())
-    ]
+                    column = columns.get(name)
+                    if column is None:
+                        column = columns[name] = [None] * height
+                    column[row] = value if type(value) is str else json_text(value)
+    return [pl.Series(name, columns[name], dtype=pl.String) for name in sorted(columns)]
 
 
 def corrected_timestamp() -> pl.Expr:

@@ -7,11 +7,13 @@ bad data, only for a warehouse it cannot write.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import multiprocessing
 import os
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,12 +91,27 @@ class PreparedChunk:
     gathered: dict[str, EventProperties]
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Chunk work allocates some 10^5 dicts and lists that all live until the chunk is done and
+    form no cycles; the cyclic collector would rescan them again and again as they pile up
+    (measured: a quarter of the validation time). They are freed by reference counting."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def prepare_chunk(piece: LineChunk | FileBreak, received_date: dt.date) -> PreparedChunk:
-    chunk = validate_break(piece) if isinstance(piece, FileBreak) else validate_chunk(piece)
-    tracks = tracks_frame(chunk, received_date)
-    gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
-    chunk.accepted = []
-    return PreparedChunk(chunk, tracks, gathered)
+    with collector_paused():
+        chunk = validate_break(piece) if isinstance(piece, FileBreak) else validate_chunk(piece)
+        tracks = tracks_frame(chunk, received_date)
+        gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
+        chunk.accepted = []
+        return PreparedChunk(chunk, tracks, gathered)
 
 
 @dataclass
@@ -185,7 +202,8 @@ def load_day(
     with PartitionWriter(warehouse, day) as writer:
         pieces = day_pieces(logs_root, day_files.files, day, chunk_bytes)
         for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):
-            out = finish_chunk(prepared, piece, quarantined_at, seen, registry)
+            with collector_paused():
+                out = finish_chunk(prepared, piece, quarantined_at, seen, registry)
             chunk = prepared.chunk
             writer.append(TRACKS, out.tracks)
             writer.append(QUARANTINE, out.quarantine)
