@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
+import types
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +14,7 @@ from conftest import query, track, write_log
 
 from etl import checks
 from etl.catalog import refresh_catalog
-from etl.pipeline import load_day
+from etl.pipeline import ChunkWorkers, load_day
 from etl.read import read_chunks
 from etl.write import PartitionWriter, partition_dir
 
@@ -266,3 +268,17 @@ def test_parallel_workers_write_exactly_what_one_process_writes(logs, tmp_path):
     assert serial_summary == parallel_summary and serial_summary["quarantined_by_reason"]["duplicate_message_id"] > 0
     for table in serial:
         assert serial[table].equals(parallel[table]), table
+
+
+def test_chunk_workers_start_without_rerunning_the_parents_main_module(tmp_path, monkeypatch):
+    # A spawned child re-runs the parent's __main__ unless told otherwise; this one would
+    # leave a marker module behind in the worker.
+    script = tmp_path / "heavy_main.py"
+    script.write_text("import sys, types\nsys.modules['heavy_main_was_run'] = types.ModuleType('marker')\n")
+    heavy_main = types.ModuleType("__main__")
+    heavy_main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", heavy_main)
+    with ChunkWorkers(1) as pool:
+        ran_main = pool.submit(eval, "'heavy_main_was_run' in __import__('sys').modules").result()
+    assert ran_main is False
+    assert sys.modules["__main__"] is heavy_main
