@@ -106,11 +106,13 @@ EXACT_PYTHON_TYPE = {"string": str, "float": float, "bool": bool}
 
 
 def converted_column(values: list[Any], kind: str) -> list[Any]:
-    """`converted` over a column, skipping the per-value work when every value already fits."""
+    """`converted` over a column, skipping the per-value work when every value already fits
+    (the types are collected in C: a Python loop here cost a tenth of the main process)."""
+    types = set(map(type, values))
     exact = EXACT_PYTHON_TYPE.get(kind)
-    if exact is not None and all(type(v) is exact for v in values):
+    if exact is not None and types == {exact}:
         return values
-    if kind == "int" and all(type(v) is int for v in values) and INT64_MIN <= min(values) and max(values) <= INT64_MAX:
+    if kind == "int" and types == {int} and INT64_MIN <= min(values) and max(values) <= INT64_MAX:
         return values
     return [converted(v, kind) for v in values]
 

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from etl.names import event_table_name, key_name
-from etl.validate import ValidatedChunk, dump_json
+from etl.validate import TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 
@@ -104,24 +104,11 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
     fields = chunk.accepted
     if not fields:
         return empty_tracks()
+    columns = dict(zip(TrackFields._fields, map(list, zip(*fields))))  # transposed in C, not per field
+    contexts = columns.pop("context")
+    columns["properties"] = [dump_json(p) for p in columns["properties"]]
     gathered = pl.DataFrame(
-        {
-            "message_id": [f.message_id for f in fields],
-            "event_text": [f.event_text for f in fields],
-            "user_id": [f.user_id for f in fields],
-            "anonymous_id": [f.anonymous_id for f in fields],
-            "timestamp": [f.timestamp for f in fields],
-            "original_timestamp": [f.original_timestamp for f in fields],
-            "sent_at": [f.sent_at for f in fields],
-            "received_at": [f.received_at for f in fields],
-            "occurred_at": [f.occurred_at for f in fields],
-            "revenue": [f.revenue for f in fields],
-            "currency": [f.currency for f in fields],
-            "value": [f.value for f in fields],
-            "properties": [dump_json(f.properties) for f in fields],
-            "line_number": chunk.accepted_line,
-            "batch_index": chunk.accepted_batch_index,
-        },
+        {**columns, "line_number": chunk.accepted_line, "batch_index": chunk.accepted_batch_index},
         schema_overrides={
             "timestamp": pl.Int64, "original_timestamp": pl.Int64, "sent_at": pl.Int64,
             "received_at": pl.Int64, "occurred_at": pl.Int64, "revenue": pl.Float64,
@@ -150,7 +137,7 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
         "line_number",
         "batch_index",
     )
-    return pl.concat([standard, pl.DataFrame(context_columns([f.context for f in fields])), trailing], how="horizontal")
+    return pl.concat([standard, pl.DataFrame(context_columns(contexts)), trailing], how="horizontal")
 
 
 def empty_tracks() -> pl.DataFrame:
