@@ -193,8 +193,10 @@ def event_tables(
             continue
         columns = register_columns(registry, event, sink.cells, keep)
         height = len(sink.positions)
-        base = tracks.select(base_columns)[sink.positions]
-        base = base.select(c for c in base.columns if not c.startswith("context_") or base[c].null_count() < height)
+        # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
+        # cost on a chunk's few hundred rows, paid per event table in the main process.
+        base = tracks[sink.positions, base_columns]
+        base = base[[c for c in base.columns if not c.startswith("context_") or base.get_column(c).null_count() < height]]
         ids = message_ids.gather(sink.positions)
         series = []
         for path, (rows, values) in sink.cells.items():
@@ -222,6 +224,6 @@ def event_tables(
                     "expected_type": [column.type] * len(misfit),
                 }, schema=DISCARDS_SCHEMA))
         properties = [s for _, s in sorted(series, key=lambda item: item[0])]
-        frame = pl.concat([base, pl.DataFrame(properties)], how="horizontal") if properties else base
-        out.frames[event] = frame if keep is None else frame.filter(pl.Series(keep))
+        frame = base.hstack(properties) if properties else base
+        out.frames[event] = frame if keep is None else frame[pl.Series(keep).arg_true()]
     return out

@@ -137,7 +137,7 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
         "line_number",
         "batch_index",
     )
-    return pl.concat([standard, pl.DataFrame(context_columns(contexts)), trailing], how="horizontal")
+    return standard.hstack([*context_columns(contexts), *trailing.get_columns()])
 
 
 def empty_tracks() -> pl.DataFrame:
