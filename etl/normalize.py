@@ -83,8 +83,19 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
                     column = columns.get(name)
                     if column is None:
                         column = columns[name] = [None] * height
+                    elif column[row] is not None:  # `pageUrl` and `page.url` in one message
+                        column = clash_column(columns, name, row, height)
                     column[row] = value if type(value) is str else json_text(value)
     return [pl.Series(name, columns[name], dtype=pl.String) for name in sorted(columns)]
+
+
+def clash_column(columns: dict[str, list[str | None]], name: str, row: int, height: int) -> list[str | None]:
+    """The first `name_2`, `name_3`, … still free in `row`: a second key of one message that maps
+    to a taken column name keeps its value there instead of overwriting the first."""
+    suffix = 2
+    while (column := columns.setdefault(f"{name}_{suffix}", [None] * height))[row] is not None:
+        suffix += 1
+    return column
 
 
 def corrected_timestamp() -> pl.Expr:

@@ -57,6 +57,19 @@ def test_accepted_event_has_typed_standard_fields_and_flattened_context(logs, wa
     assert (row["source_file"], row["line_number"], row["batch_index"]) == (f"{DAY}/web.ndjson", 1, None)
 
 
+def test_two_context_keys_of_one_message_with_one_column_name_both_keep_their_value(logs, warehouse):
+    write_log(logs / DAY / "web.ndjson", [
+        track("A", messageId="both", context={"pageUrl": "/flat", "page_url": "/snake", "page": {"url": "/nested"}}),
+        track("A", messageId="one", context={"page": {"url": "/only"}}),
+    ])
+    load_day(logs, warehouse, DAY)
+    rows = {r["message_id"]: r for r in tracks_rows(warehouse).iter_rows(named=True)}
+    both = rows["both"]
+    assert [both["context_page_url"], both["context_page_url_2"], both["context_page_url_3"]] == ["/flat", "/snake", "/nested"]
+    assert (rows["one"]["context_page_url"], rows["one"]["context_page_url_2"]) == ("/only", None)
+    assert checks.schema_matches_contract(warehouse, DAY).passed
+
+
 def test_a_context_that_is_not_an_object_is_kept_as_text_and_passes_the_schema_check(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [track(context="mobile-app"), track(context=[1, 2])])
     load_day(logs, warehouse, DAY)
