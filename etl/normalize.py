@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 import polars as pl
 
 from etl.names import event_table_name, key_name
@@ -54,18 +55,76 @@ def json_text(value: Any) -> str:
     return value if isinstance(value, str) else dump_json(value).decode()
 
 
+MAX_CONTEXT_COLUMNS = 500
+CONTEXT_OVERFLOW = "context_other"
+
+
+class ContextColumns:
+    """The dense text columns of a chunk's `context`, at most MAX_CONTEXT_COLUMNS of them.
+
+    A key path that would open one more column past the cap goes, with its text, into that
+    row's `context_other` JSON object instead: a file where every line brings new context keys
+    (measured: 20,000 lines, 15 GB) cannot blow up memory, and no value is lost.
+    """
+
+    def __init__(self, height: int) -> None:
+        self.height = height
+        self.columns: dict[str, list[str | None]] = {}
+        self.overflow: dict[int, dict[str, str]] = {}
+
+    def put(self, name: str, row: int, text: str) -> None:
+        column = self.columns.get(name)
+        if column is not None and column[row] is None:
+            column[row] = text
+            return
+        if column is not None:  # `pageUrl` and `page.url` in one message: the next is `_2`, `_3`, …
+            name = self.free_name(name, row)
+            column = self.columns.get(name)
+        if column is None:
+            if len(self.columns) >= MAX_CONTEXT_COLUMNS:
+                extra = self.overflow.setdefault(row, {})
+                extra[free_key(extra, name)] = text
+                return
+            column = self.columns[name] = [None] * self.height
+        column[row] = text
+
+    def free_name(self, name: str, row: int) -> str:
+        suffix = 2
+        while (column := self.columns.get(f"{name}_{suffix}")) is not None and column[row] is not None:
+            suffix += 1
+        return f"{name}_{suffix}"
+
+    def series(self) -> list[pl.Series]:
+        out = [pl.Series(name, self.columns[name], dtype=pl.String) for name in sorted(self.columns)]
+        if self.overflow:
+            texts = [None] * self.height
+            for row, extra in self.overflow.items():
+                texts[row] = dump_json(extra).decode()
+            out.append(pl.Series(CONTEXT_OVERFLOW, texts, dtype=pl.String))
+        return out
+
+
+def free_key(taken: dict[str, str], name: str) -> str:
+    if name not in taken:
+        return name
+    suffix = 2
+    while f"{name}_{suffix}" in taken:
+        suffix += 1
+    return f"{name}_{suffix}"
+
+
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
     """`context.page.url` → `context_page_url`, one text column per key path (JSON text for
     numbers, booleans and arrays), NULL where a row lacks it. A tight loop: it runs per event,
-    so each column is a dense list filled in place and names are cached per parent path."""
-    height = len(contexts)
-    columns: dict[str, list[str | None]] = {}
+    so columns are dense lists filled in place and names are cached per parent path."""
+    out = ContextColumns(len(contexts))
+    columns = out.columns
     child_names: dict[str, dict[str, str]] = {}
     for row, context in enumerate(contexts):
         if context is None:
             continue
         if type(context) is not dict:
-            columns.setdefault("context", [None] * height)[row] = json_text(context)
+            out.put("context", row, json_text(context))
             continue
         stack = [("context", context)]
         while stack:
@@ -80,22 +139,37 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
                 if type(value) is dict:
                     stack.append((name, value))
                 elif value is not None:
+                    text = value if type(value) is str else json_text(value)
                     column = columns.get(name)
-                    if column is None:
-                        column = columns[name] = [None] * height
-                    elif column[row] is not None:  # `pageUrl` and `page.url` in one message
-                        column = clash_column(columns, name, row, height)
-                    column[row] = value if type(value) is str else json_text(value)
-    return [pl.Series(name, columns[name], dtype=pl.String) for name in sorted(columns)]
+                    if column is not None and column[row] is None:
+                        column[row] = text
+                    else:
+                        out.put(name, row, text)
+    return out.series()
 
 
-def clash_column(columns: dict[str, list[str | None]], name: str, row: int, height: int) -> list[str | None]:
-    """The first `name_2`, `name_3`, … still free in `row`: a second key of one message that maps
-    to a taken column name keeps its value there instead of overwriting the first."""
-    suffix = 2
-    while (column := columns.setdefault(f"{name}_{suffix}", [None] * height))[row] is not None:
-        suffix += 1
-    return column
+def fold_context_columns(tracks: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Move the context columns `names` into `context_other` (the day already has as many
+    context columns as it may): each row's values join its JSON object, none is lost."""
+    values = tracks.select(names).rows()
+    others = tracks.get_column(CONTEXT_OVERFLOW).to_list() if CONTEXT_OVERFLOW in tracks.columns else [None] * tracks.height
+    merged = []
+    for other, row in zip(others, values):
+        extra = orjson.loads(other) if other is not None else {}
+        for name, text in zip(names, row):
+            if text is not None:
+                extra[free_key(extra, name)] = text
+        merged.append(dump_json(extra).decode() if extra else None)
+    return tracks.drop(names).with_columns(pl.Series(CONTEXT_OVERFLOW, merged, dtype=pl.String))
+
+
+def capped_context(tracks: pl.DataFrame, day_columns: set[str]) -> pl.DataFrame:
+    """Keep the day's `context` columns within MAX_CONTEXT_COLUMNS (each chunk is capped on its
+    own): the first ones seen, in input order, stay columns; later ones join `context_other`."""
+    new = [c for c in tracks.columns if c.startswith("context") and c != CONTEXT_OVERFLOW and c not in day_columns]
+    room = max(0, MAX_CONTEXT_COLUMNS - len(day_columns))
+    day_columns.update(new[:room])
+    return fold_context_columns(tracks, new[room:]) if len(new) > room else tracks
 
 
 def corrected_timestamp() -> pl.Expr:

@@ -24,7 +24,7 @@ import polars as pl
 
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
-from etl.normalize import empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
+from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
 from etl.validate import ValidatedChunk, raw_text_at, validate_break, validate_chunk
 from etl.registry import SchemaRegistry
@@ -125,11 +125,12 @@ class ChunkOutput:
 
 def finish_chunk(
     prepared: PreparedChunk, piece: LineChunk | FileBreak, quarantined_at: dt.datetime,
-    seen: SeenMessageIds, registry: SchemaRegistry,
+    seen: SeenMessageIds, registry: SchemaRegistry, context_columns: set[str],
 ) -> ChunkOutput:
     """The order-dependent work, in the main process and in input order: duplicates (first by
-    file name, then line, wins) go to quarantine; the registry types the event tables."""
-    chunk, tracks = prepared.chunk, prepared.tracks
+    file name, then line, wins) go to quarantine; the day's context columns are capped; the
+    registry types the event tables."""
+    chunk, tracks = prepared.chunk, capped_context(prepared.tracks, context_columns)
     duplicate = seen.mark_duplicates(tracks["message_id"])
     if not duplicate.any():
         return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, prepared.gathered, registry))
@@ -220,12 +221,13 @@ def load_day(
     reasons: Counter[str] = Counter()
     event_rows: Counter[str] = Counter()
     seen = SeenMessageIds()
+    context_columns: set[str] = set()
     registry = SchemaRegistry(warehouse)
     with PartitionWriter(warehouse, day) as writer:
         pieces = day_pieces(logs_root, day_files.files, day, chunk_bytes)
         for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):
             with collector_paused():
-                out = finish_chunk(prepared, piece, quarantined_at, seen, registry)
+                out = finish_chunk(prepared, piece, quarantined_at, seen, registry, context_columns)
             chunk = prepared.chunk
             writer.append(TRACKS, out.tracks)
             writer.append(QUARANTINE, out.quarantine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import types
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
-from etl import checks
+from etl import checks, normalize
 from etl.catalog import refresh_catalog
 from etl.pipeline import ChunkWorkers, load_day
 from etl.read import read_chunks
@@ -68,6 +69,45 @@ def test_two_context_keys_of_one_message_with_one_column_name_both_keep_their_va
     assert [both["context_page_url"], both["context_page_url_2"], both["context_page_url_3"]] == ["/flat", "/snake", "/nested"]
     assert (rows["one"]["context_page_url"], rows["one"]["context_page_url_2"]) == ("/only", None)
     assert checks.schema_matches_contract(warehouse, DAY).passed
+
+
+def context_values(row: dict) -> dict[str, str]:
+    """Every context value of a `tracks` row, from its columns and its `context_other` object."""
+    values = {k: v for k, v in row.items() if k.startswith("context_") and k != "context_other" and v is not None}
+    return {**values, **json.loads(row["context_other"] or "{}")}
+
+
+def test_context_keys_past_the_column_cap_keep_their_values_in_context_other(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
+    write_log(logs / DAY / "web.ndjson", [
+        track("A", messageId="m1", context={"a": 1, "b": {"c": "x"}}),
+        track("A", messageId="m2", context={"d": "y", "e": "z", "a": 2}),
+    ])
+    load_day(logs, warehouse, DAY, workers=1)
+    rows = {r["message_id"]: r for r in tracks_rows(warehouse).iter_rows(named=True)}
+    assert [c for c in tracks_rows(warehouse).columns if c.startswith("context")] == [
+        "context_a", "context_b_c", "context_d", "context_other"]
+    assert context_values(rows["m1"]) == {"context_a": "1", "context_b_c": "x"}
+    assert context_values(rows["m2"]) == {"context_a": "2", "context_d": "y", "context_e": "z"}
+    assert rows["m2"]["context_other"] == '{"context_e":"z"}'
+    assert checks.schema_matches_contract(warehouse, DAY).passed
+
+
+def test_a_chunk_never_builds_more_context_columns_than_the_cap(monkeypatch):
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
+    series = normalize.context_columns([{f"key{i}": i} for i in range(1000)])
+    assert [s.name for s in series] == ["context_key0", "context_key1", "context_key2", "context_other"]
+    assert series[-1][999] == '{"context_key999":"999"}' and series[-1][2] is None
+
+
+def test_the_context_column_cap_holds_for_the_whole_day_across_chunks(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
+    write_log(logs / DAY / "a.ndjson", [track("A", messageId=f"m{i}", context={f"k{i}": i, "shared": "s"}) for i in range(6)])
+    load_day(logs, warehouse, DAY, chunk_bytes=200, workers=1)
+    tracks = tracks_rows(warehouse)
+    assert {c for c in tracks.columns if c.startswith("context") and c != "context_other"} == {"context_k0", "context_shared", "context_k1"}
+    for i, row in enumerate(tracks.sort("line_number").iter_rows(named=True)):
+        assert context_values(row) == {f"context_k{i}": str(i), "context_shared": "s"}
 
 
 def test_a_context_that_is_not_an_object_is_kept_as_text_and_passes_the_schema_check(logs, warehouse):
