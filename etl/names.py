@@ -8,6 +8,7 @@ enough for a folder name. SQL still quotes it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from functools import lru_cache
 
 MAX_NAME_BYTES = 120
@@ -71,3 +72,14 @@ def event_table_name(event_text: str) -> str:
 def key_name(key: str) -> str:
     """One key of a JSON path as a column-name part; a key with no letters or digits gets a hash."""
     return snake_case(key) or f"key_{_short_hash(key)}"
+
+
+def unique_name(base: str, taken: Container[str]) -> str:
+    """`base`, or the first of `base_2`, `base_3`, … not in `taken`: the contract's rule for two
+    keys that map to one name."""
+    if base not in taken:
+        return base
+    suffix = 2
+    while f"{base}_{suffix}" in taken:
+        suffix += 1
+    return f"{base}_{suffix}"

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from etl.names import event_table_name, key_name
+from etl.names import event_table_name, key_name, unique_name
 from etl.validate import TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
@@ -83,7 +83,7 @@ class ContextColumns:
         if column is None:
             if len(self.columns) >= MAX_CONTEXT_COLUMNS:
                 extra = self.overflow.setdefault(row, {})
-                extra[free_key(extra, name)] = text
+                extra[unique_name(name, extra)] = text
                 return
             column = self.columns[name] = [None] * self.height
         column[row] = text
@@ -102,15 +102,6 @@ class ContextColumns:
                 texts[row] = dump_json(extra).decode()
             out.append(pl.Series(CONTEXT_OVERFLOW, texts, dtype=pl.String))
         return out
-
-
-def free_key(taken: dict[str, str], name: str) -> str:
-    if name not in taken:
-        return name
-    suffix = 2
-    while f"{name}_{suffix}" in taken:
-        suffix += 1
-    return f"{name}_{suffix}"
 
 
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
@@ -158,7 +149,7 @@ def fold_context_columns(tracks: pl.DataFrame, names: list[str]) -> pl.DataFrame
         extra = orjson.loads(other) if other is not None else {}
         for name, text in zip(names, row):
             if text is not None:
-                extra[free_key(extra, name)] = text
+                extra[unique_name(name, extra)] = text
         merged.append(dump_json(extra).decode() if extra else None)
     return tracks.drop(names).with_columns(pl.Series(CONTEXT_OVERFLOW, merged, dtype=pl.String))
 

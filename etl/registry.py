@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from etl.names import key_name
+from etl.names import key_name, unique_name
 
 REGISTRY_FILE = "_registry.sqlite"
 MAX_PROPERTY_COLUMNS = 1000
@@ -47,15 +47,6 @@ def base_column_name(path: tuple[str, ...]) -> str:
     if not name or name[0].isdigit() or clashes:
         name = f"property_{name}"
     return name
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    if base not in taken:
-        return base
-    suffix = 2
-    while f"{base}_{suffix}" in taken:
-        suffix += 1
-    return f"{base}_{suffix}"
 
 
 class SchemaRegistry:
