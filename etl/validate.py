@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -121,28 +122,19 @@ def short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-PARSED_TIMESTAMPS: dict[str, int | Invalid] = {}
-PARSED_TIMESTAMPS_LIMIT = 65_536
-
-
 def parse_timestamp(value: Any) -> int | None | Invalid:
-    """ISO-8601 (extended format) to UTC epoch microseconds; naive times are read as UTC.
-
-    Remembered per process: a batch shares its `sentAt` and `receivedAt`, and the check costs
-    more than the lookup."""
+    """ISO-8601 (extended format) to UTC epoch microseconds; naive times are read as UTC."""
     if value is None:
         return None
     if type(value) is not str:
         return INVALID
-    parsed = PARSED_TIMESTAMPS.get(value)
-    if parsed is None:
-        if len(PARSED_TIMESTAMPS) >= PARSED_TIMESTAMPS_LIMIT:
-            PARSED_TIMESTAMPS.clear()
-        parsed = PARSED_TIMESTAMPS[value] = iso_8601_micros(value)
-    return parsed
+    return iso_8601_micros(value)
 
 
+@lru_cache(maxsize=65_536)
 def iso_8601_micros(value: str) -> int | Invalid:
+    """Remembered per process: a batch shares its `sentAt` and `receivedAt`, and the check costs
+    more than the lookup."""
     if not ISO_8601.fullmatch(value):
         return INVALID
     try:
