@@ -13,7 +13,7 @@ import orjson
 import polars as pl
 
 from etl.names import event_table_name, key_name, unique_name
-from etl.validate import TrackFields, ValidatedChunk, dump_json
+from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 
@@ -182,16 +182,16 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
         return empty_tracks()
     columns = dict(zip(TrackFields._fields, map(list, zip(*fields))))  # transposed in C, not per field
     contexts = columns.pop("context")
+    for name in TIME_COLUMNS:  # the texts; `chunk.times` has them typed
+        del columns[name]
     columns["properties"] = [dump_json(p) for p in columns["properties"]]
     gathered = pl.DataFrame(
         {**columns, "line_number": chunk.accepted_line, "batch_index": chunk.accepted_batch_index},
         schema_overrides={
-            "timestamp": pl.Int64, "original_timestamp": pl.Int64, "sent_at": pl.Int64,
-            "received_at": pl.Int64, "occurred_at": pl.Int64, "revenue": pl.Float64,
-            "currency": pl.String, "value": pl.Int64, "user_id": pl.String,
+            "revenue": pl.Float64, "currency": pl.String, "value": pl.Int64, "user_id": pl.String,
             "anonymous_id": pl.String, "batch_index": pl.Int64, "properties": pl.Binary,
         },
-    )
+    ).hstack(chunk.times)
     event_names = {text: event_table_name(text) for text in set(gathered["event_text"].to_list())}
     standard = gathered.with_columns(
         timestamp=corrected_timestamp(),

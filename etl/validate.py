@@ -2,7 +2,8 @@
 
 This is the one per-message step in Python: orjson parses, then every rule is checked in the
 contract's order so `reasons` lists all failures and `reason` is the first. An accepted
-message leaves here with its standard fields already typed, so nothing is parsed twice.
+message leaves here with its standard fields already typed, so nothing is parsed twice; its
+timestamps are typed per chunk, vectorized (`settle_timestamps`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import codecs
 import datetime as dt
 import hashlib
 import json
+import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl.currencies import ISO_4217_CODES
 from etl.read import FileBreak, LineChunk
@@ -53,6 +58,9 @@ MAX_PROPERTY_DEPTH = 3
 MAX_ARRAY_ITEMS = 255
 MAX_VALUE = 2_147_483_647
 TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+TIMESTAMP_LABELS = (*TIMESTAMP_FIELDS, "properties.occurred_at")
+TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at", "occurred_at")
+time_texts = operator.attrgetter(*TIME_COLUMNS)
 
 ISO_8601 = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?",
@@ -77,17 +85,18 @@ INVALID = Invalid()
 
 class TrackFields(NamedTuple):
     """The typed standard fields of an accepted message, as `tracks` stores them (a named tuple:
-    built once per message, it costs a third of a frozen dataclass)."""
+    built once per message, it costs a third of a frozen dataclass). Timestamps are still the
+    text sent: `settle_timestamps` checks and types them for the whole chunk at once."""
 
     message_id: str
     event_text: str
     user_id: str | None
     anonymous_id: str | None
-    timestamp: int | None
-    original_timestamp: int | None
-    sent_at: int | None
-    received_at: int | None
-    occurred_at: int | None
+    timestamp: str | None
+    original_timestamp: str | None
+    sent_at: str | None
+    received_at: str | None
+    occurred_at: str | None
     revenue: float | None
     currency: str | None
     value: int | None
@@ -133,8 +142,8 @@ def parse_timestamp(value: Any) -> int | None | Invalid:
 
 @lru_cache(maxsize=65_536)
 def iso_8601_micros(value: str) -> int | Invalid:
-    """Remembered per process: a batch shares its `sentAt` and `receivedAt`, and the check costs
-    more than the lookup."""
+    """The exact check and conversion. Remembered per process: a batch shares its `sentAt` and
+    `receivedAt`, and the check costs more than the lookup."""
     if not ISO_8601.fullmatch(value):
         return INVALID
     try:
@@ -144,6 +153,39 @@ def iso_8601_micros(value: str) -> int | Invalid:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return (parsed - EPOCH) // ONE_MICROSECOND
+
+
+# The shape SDKs send ("2024-01-15T10:30:00.123Z"), in ASCII digits (`\\d` would take any script's),
+# hours, minutes and seconds in range. Only the day of the month is left for the parser to check.
+SDK_TIMESTAMP = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{3}|\.[0-9]{6})?Z$"
+)
+FIRST_PYTHON_MICROS = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - EPOCH) // ONE_MICROSECOND  # year 0 parses in Arrow
+
+
+def sdk_timestamp_micros(texts: pl.Series) -> pl.Series:
+    """Vectorized `iso_8601_micros` for the SDK shape: epoch microseconds, or null for any other
+    shape and for a day that does not exist (those go to the exact parser).
+
+    Arrow's ISO-8601 cast is ten times Polars' `strptime` (33 vs 330 ns a value, measured) but
+    fails the whole column on one bad day (2025-02-30); `strptime` then nulls that value alone.
+    """
+    shaped = pl.select(pl.when(texts.str.contains(SDK_TIMESTAMP)).then(texts)).to_series()
+    try:
+        parsed = pl.Series(pc.cast(shaped.to_arrow(), pa.timestamp("us", "UTC")))
+    except pa.ArrowInvalid:
+        parsed = shaped.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.fZ", strict=False)
+    micros = parsed.dt.epoch("us")
+    return pl.select(pl.when(micros >= FIRST_PYTHON_MICROS).then(micros)).to_series().alias(texts.name)
+
+
+def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tuple[str, str] | None:
+    """The invalid_timestamp failure naming every bad timestamp field, or None."""
+    bad = [label for label, parsed in zip(TIMESTAMP_LABELS, times) if parsed is INVALID]
+    if not bad:
+        return None
+    shown = short_repr(texts[TIMESTAMP_LABELS.index(bad[0])])
+    return "invalid_timestamp", f"{', '.join(bad)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z): {shown}"
 
 
 def parse_number(value: Any) -> float | None | Invalid:
@@ -281,40 +323,29 @@ def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[
     if may_have_long_array and has_long_array(message):
         fail(("array_too_long", f"An array has more than {MAX_ARRAY_ITEMS} elements"))
 
-    times = [parse_timestamp(message.get(name)) for name in TIMESTAMP_FIELDS]
-    occurred_at = parse_timestamp(properties.get("occurred_at"))
-    bad_times = [name for name, parsed in zip(TIMESTAMP_FIELDS, times) if parsed is INVALID]
-    if occurred_at is INVALID:
-        bad_times.append("properties.occurred_at")
-    if bad_times:
-        source = message if bad_times[0] in TIMESTAMP_FIELDS else properties
-        shown = short_repr(source.get(bad_times[0].removeprefix("properties.")))
-        fail(("invalid_timestamp", f"{', '.join(bad_times)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z): {shown}"))
-
+    texts = [message.get(name) for name in TIMESTAMP_FIELDS]
+    texts.append(properties.get("occurred_at"))
     revenue = parse_number(properties.get("revenue"))
+    currency = parse_currency(properties.get("currency"))
+    value = parse_value_cents(properties.get("value"))
+    # A message that fails anyway has its timestamps checked here, to list every failure in
+    # order; one that passes every other rule leaves its timestamp text to `settle_timestamps`.
+    if failures or INVALID in (revenue, currency, value) or any(t is not None and type(t) is not str for t in texts):
+        bad_time = timestamp_failure(texts, [parse_timestamp(text) for text in texts])
+        if bad_time:
+            fail(bad_time)
     if revenue is INVALID:
         fail(("invalid_revenue", f"properties.revenue is not a number: {short_repr(properties['revenue'])}"))
-    currency = parse_currency(properties.get("currency"))
     if currency is INVALID:
         fail(("invalid_currency", f"properties.currency is not an ISO 4217 code: {short_repr(properties['currency'])}"))
-    value = parse_value_cents(properties.get("value"))
     if value is INVALID:
         fail(("invalid_value", f"properties.value is not a whole number in 0 … 2,147,483,647: {short_repr(properties['value'])}"))
 
     if failures:
         return failures, None
     message_id = identity(message.get("messageId")) or derived_message_id(message)
-    timestamp, original_timestamp, sent_at, received_at = times
     return [], TrackFields(
-        message_id=message_id,
-        event_text=event,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        timestamp=timestamp,
-        original_timestamp=original_timestamp,
-        sent_at=sent_at,
-        received_at=received_at,
-        occurred_at=occurred_at,
+        message_id, event, user_id, anonymous_id, *texts,
         revenue=revenue,
         currency=currency,
         value=value,
@@ -390,9 +421,14 @@ def batch_item_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def empty_times() -> pl.DataFrame:
+    return pl.DataFrame(schema={name: pl.Int64 for name in TIME_COLUMNS})
+
+
 @dataclass(slots=True)
 class ValidatedChunk:
-    """What one chunk of lines became: accepted messages with provenance, quarantine rows, counts."""
+    """What one chunk of lines became: accepted messages with provenance and typed timestamps
+    (epoch microseconds, one row per accepted message), quarantine rows, counts."""
 
     source_file: str
     accepted: list[TrackFields]
@@ -407,6 +443,7 @@ class ValidatedChunk:
     blank_lines: int = 0
     envelopes: int = 0
     messages: int = 0
+    times: pl.DataFrame = field(default_factory=empty_times)
 
     @classmethod
     def empty(cls, source_file: str) -> "ValidatedChunk":
@@ -544,12 +581,46 @@ def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None
         result.accept(line_number, None, fields)
 
 
+def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_number: int) -> None:
+    """Type the timestamp texts of the chunk's accepted messages: the SDK shape vectorized, any
+    other text by the exact parser; a message with a timestamp that is not ISO-8601 after all
+    moves to quarantine (every other rule already passed, so that is its only failure)."""
+    texts = pl.DataFrame(
+        [list(column) for column in zip(*map(time_texts, result.accepted))] or None,
+        schema={name: pl.String for name in TIME_COLUMNS}, orient="col",
+    )
+    times = pl.DataFrame([sdk_timestamp_micros(texts[name]) for name in TIME_COLUMNS])
+    unsettled = pl.any_horizontal(texts[name].is_not_null() & times[name].is_null() for name in TIME_COLUMNS)
+    rejected = set()
+    for row in times.select(unsettled).to_series().arg_true().to_list():
+        row_texts = list(texts.row(row))
+        exact = [parse_timestamp(text) for text in row_texts]
+        failure = timestamp_failure(row_texts, exact)
+        if failure:
+            line_number, batch_index = result.accepted_line[row], result.accepted_batch_index[row]
+            result.reject(line_number, batch_index, raw_text_at(lines, first_line_number, line_number, batch_index), [failure])
+            rejected.add(row)
+        else:
+            for name, micros in zip(TIME_COLUMNS, exact):
+                times[row, name] = micros
+    if rejected:
+        keep = [row not in rejected for row in range(times.height)]
+        result.accepted, result.accepted_line, result.accepted_batch_index = (
+            [item for item, kept in zip(column, keep) if kept]
+            for column in (result.accepted, result.accepted_line, result.accepted_batch_index)
+        )
+        times = times.filter(keep)
+    result.times = times
+
+
 def validate_chunk(chunk: LineChunk) -> ValidatedChunk:
     """Validate every line of a chunk; a bad line is quarantined, never raised."""
     result = ValidatedChunk.empty(chunk.source_file)
-    for offset, line in enumerate(chunk.lines()):
+    lines = chunk.lines()
+    for offset, line in enumerate(lines):
         result.lines += 1
         validate_line(result, chunk.first_line_number + offset, line)
+    settle_timestamps(result, lines, chunk.first_line_number)
     return result
 
 

@@ -6,12 +6,13 @@ import datetime as dt
 import json
 from collections import Counter
 
+import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from etl.normalize import quarantine_frame
 from etl.read import LineChunk
-from etl.validate import ValidatedChunk, validate_chunk
+from etl.validate import INVALID, ValidatedChunk, iso_8601_micros, sdk_timestamp_micros, validate_chunk
 
 # The reason codes in the order the contract's table lists (and checks) them.
 CONTRACT_ORDER = (
@@ -371,15 +372,77 @@ def test_drip_occurred_at_property_is_checked(value):
      ("2025-01-15", "2025-01-15T00:00:00+00:00")],
 )
 def test_iso_8601_timestamps_are_accepted_and_typed(value, expected):
-    fields = accepted(track(timestamp=value, sentAt=value, originalTimestamp=value, receivedAt=value,
+    result = validate(track(timestamp=value, sentAt=value, originalTimestamp=value, receivedAt=value,
                             properties={"occurred_at": value}))
-    assert fields.timestamp == micros(expected)
-    assert (fields.sent_at, fields.original_timestamp, fields.received_at, fields.occurred_at) == (micros(expected),) * 4
+    assert result.times.row(0) == (micros(expected),) * 5
 
 
 def test_null_timestamps_count_as_absent():
     fields = accepted(track(timestamp=None, receivedAt=None))
     assert (fields.timestamp, fields.received_at) == (None, None)
+
+
+
+# A valid SDK-shaped timestamp, then at most one part swapped for an edge case, so most examples
+# sit one step from the short cut's boundary.
+SDK_FRACTIONS = ["", ".123", ".123456"]
+TIMESTAMP_EDITS = {
+    "year": ["0000", "٢٠٢٥", "+2025", "99999"],
+    "month": ["00", "13", "1"],
+    "second": ["60", "61", "99", "٥٥", "5"],
+    "minute": ["60", "٥9"],
+    "hour": ["24", "2٣"],
+    "day": ["29", "30", "31", "32", "00"],
+    "separator": ["t", " ", "_"],
+    "fraction": [".1", ".12345", ".1234567", ",123", ".12a", ".٣٣٣"],
+    "zone": ["z", "", "+02:00", "ZZ", "+00:00"],
+}
+
+
+@st.composite
+def sdk_like_timestamps(draw):
+    moment = draw(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)))
+    parts = {
+        "year": f"{moment.year:04d}", "month": f"{moment.month:02d}", "day": f"{moment.day:02d}", "separator": "T",
+        "hour": f"{moment.hour:02d}", "minute": f"{moment.minute:02d}", "second": f"{moment.second:02d}",
+        "fraction": draw(st.sampled_from(SDK_FRACTIONS)), "zone": "Z",
+    }
+    edit = draw(st.sampled_from([None, *TIMESTAMP_EDITS]))
+    if edit is not None:
+        parts[edit] = draw(st.sampled_from(TIMESTAMP_EDITS[edit]))
+    return "{year}-{month}-{day}{separator}{hour}:{minute}:{second}{fraction}{zone}".format(**parts)
+
+
+@settings(max_examples=300)
+@given(sdk_like_timestamps())
+def test_timestamps_are_typed_or_quarantined_as_the_exact_parser_says(value):
+    exact = iso_8601_micros.__wrapped__(value)
+    result = validate(track(timestamp=value, properties={"occurred_at": value}))
+    if exact is INVALID:
+        assert result.quarantine_reasons == [["invalid_timestamp"]]
+        assert result.quarantine_message[0].startswith("timestamp, properties.occurred_at not ISO-8601")
+    else:
+        assert result.times.select("timestamp", "occurred_at").row(0) == (exact, exact)
+
+
+@settings(max_examples=300)
+@given(st.lists(sdk_like_timestamps(), min_size=1, max_size=20))
+def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts(values):
+    short_cut = sdk_timestamp_micros(pl.Series(values, dtype=pl.String)).to_list()
+    for value, micros in zip(values, short_cut):
+        assert micros in (None, iso_8601_micros.__wrapped__(value))
+
+
+@given(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)), st.sampled_from(["seconds", "milliseconds", "microseconds"]))
+def test_vectorized_timestamp_short_cut_types_the_sdk_shape_itself(moment, precision):
+    value = moment.isoformat(timespec=precision) + "Z"
+    short_cut = sdk_timestamp_micros(pl.Series([value])).item()
+    assert short_cut == iso_8601_micros.__wrapped__(value)
+
+
+def test_a_day_that_does_not_exist_leaves_the_rest_of_its_column_to_the_short_cut():
+    short_cut = sdk_timestamp_micros(pl.Series(["2025-02-30T00:00:00Z", "2025-01-15T10:30:00.123Z"]))
+    assert short_cut.to_list() == [None, micros("2025-01-15T10:30:00.123+00:00")]
 
 
 # --- invalid_revenue ------------------------------------------------------------------------
@@ -557,8 +620,7 @@ def test_batch_message_inherits_envelope_sent_at_unless_it_has_its_own():
         "batch": [track(), track(sentAt="2025-01-15T09:00:00Z")],
     }
     result = validate(envelope)
-    assert [f.sent_at for f in result.accepted] == [micros("2025-01-15T10:00:00+00:00"),
-                                                    micros("2025-01-15T09:00:00+00:00")]
+    assert result.times["sent_at"].to_list() == [micros("2025-01-15T10:00:00+00:00"), micros("2025-01-15T09:00:00+00:00")]
 
 
 def test_batch_message_inherits_context_keys_it_lacks_and_its_own_win():
