@@ -440,6 +440,13 @@ def test_vectorized_timestamp_short_cut_types_the_sdk_shape_itself(moment, preci
     assert short_cut == iso_8601_micros.__wrapped__(value)
 
 
+def test_messages_around_a_late_invalid_timestamp_keep_their_own_times():
+    result = validate(track(timestamp="2025-01-15T10:00:00Z"), track(timestamp="2025-02-30T00:00:00Z"),
+                      track(timestamp="2025-01-15T12:00:00.5+01:00"))
+    assert result.accepted_line == [1, 3] and result.quarantine_line == [2]
+    assert result.times["timestamp"].to_list() == [micros("2025-01-15T10:00:00+00:00"), micros("2025-01-15T11:00:00.5+00:00")]
+
+
 def test_a_day_that_does_not_exist_leaves_the_rest_of_its_column_to_the_short_cut():
     short_cut = sdk_timestamp_micros(pl.Series(["2025-02-30T00:00:00Z", "2025-01-15T10:30:00.123Z"]))
     assert short_cut.to_list() == [None, micros("2025-01-15T10:30:00.123+00:00")]
