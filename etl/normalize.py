@@ -52,7 +52,16 @@ DEFAULT_CURRENCY = "USD"
 
 
 def json_text(value: Any) -> str:
-    return value if isinstance(value, str) else dump_json(value).decode()
+    """A value as JSON text, strings as they are. Integers and booleans skip the encoder: their
+    text is known, and context has several per event (screen sizes, flags)."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    return dump_json(value).decode()
 
 
 MAX_CONTEXT_COLUMNS = 500

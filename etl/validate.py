@@ -163,20 +163,22 @@ SDK_TIMESTAMP = (
 FIRST_PYTHON_MICROS = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - EPOCH) // ONE_MICROSECOND  # year 0 parses in Arrow
 
 
-def sdk_timestamp_micros(texts: pl.Series) -> pl.Series:
-    """Vectorized `iso_8601_micros` for the SDK shape: epoch microseconds, or null for any other
-    shape and for a day that does not exist (those go to the exact parser).
+def sdk_timestamp_micros(texts: pl.DataFrame) -> pl.DataFrame:
+    """Vectorized `iso_8601_micros` for the SDK shape, column by column: epoch microseconds, or
+    null for any other shape and for a day that does not exist (those go to the exact parser).
 
     Arrow's ISO-8601 cast is ten times Polars' `strptime` (33 vs 330 ns a value, measured) but
-    fails the whole column on one bad day (2025-02-30); `strptime` then nulls that value alone.
+    fails a whole column on one bad day (2025-02-30); `strptime` then nulls that value alone.
     """
-    shaped = pl.select(pl.when(texts.str.contains(SDK_TIMESTAMP)).then(texts)).to_series()
-    try:
-        parsed = pl.Series(pc.cast(shaped.to_arrow(), pa.timestamp("us", "UTC")))
-    except pa.ArrowInvalid:
-        parsed = shaped.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.fZ", strict=False)
-    micros = parsed.dt.epoch("us")
-    return pl.select(pl.when(micros >= FIRST_PYTHON_MICROS).then(micros)).to_series().alias(texts.name)
+    shaped = texts.select(pl.when(pl.col(name).str.contains(SDK_TIMESTAMP)).then(pl.col(name)) for name in texts.columns)
+    parsed = []
+    for column in shaped.iter_columns():
+        try:
+            parsed.append(pl.Series(column.name, pc.cast(column.to_arrow(), pa.timestamp("us", "UTC"))))
+        except pa.ArrowInvalid:
+            parsed.append(column.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.fZ", strict=False))
+    micros = [pl.col(name).dt.epoch("us") for name in texts.columns]
+    return pl.DataFrame(parsed).select(pl.when(m >= FIRST_PYTHON_MICROS).then(m) for m in micros)
 
 
 def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tuple[str, str] | None:
@@ -589,10 +591,11 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
         [list(column) for column in zip(*map(time_texts, result.accepted))] or None,
         schema={name: pl.String for name in TIME_COLUMNS}, orient="col",
     )
-    times = pl.DataFrame([sdk_timestamp_micros(texts[name]) for name in TIME_COLUMNS])
-    unsettled = pl.any_horizontal(texts[name].is_not_null() & times[name].is_null() for name in TIME_COLUMNS)
+    times = sdk_timestamp_micros(texts)
+    both = texts.hstack(times.rename(lambda name: f"{name}_micros"))
+    unsettled = pl.any_horizontal(pl.col(name).is_not_null() & pl.col(f"{name}_micros").is_null() for name in TIME_COLUMNS)
     rejected = set()
-    for row in times.select(unsettled).to_series().arg_true().to_list():
+    for row in both.select(unsettled).to_series().arg_true().to_list():
         row_texts = list(texts.row(row))
         exact = [parse_timestamp(text) for text in row_texts]
         failure = timestamp_failure(row_texts, exact)

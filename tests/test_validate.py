@@ -428,7 +428,7 @@ def test_timestamps_are_typed_or_quarantined_as_the_exact_parser_says(value):
 @settings(max_examples=300)
 @given(st.lists(sdk_like_timestamps(), min_size=1, max_size=20))
 def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts(values):
-    short_cut = sdk_timestamp_micros(pl.Series(values, dtype=pl.String)).to_list()
+    short_cut = sdk_timestamp_micros(pl.DataFrame({"t": values}, schema={"t": pl.String}))["t"].to_list()
     for value, micros in zip(values, short_cut):
         assert micros in (None, iso_8601_micros.__wrapped__(value))
 
@@ -436,7 +436,7 @@ def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts
 @given(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)), st.sampled_from(["seconds", "milliseconds", "microseconds"]))
 def test_vectorized_timestamp_short_cut_types_the_sdk_shape_itself(moment, precision):
     value = moment.isoformat(timespec=precision) + "Z"
-    short_cut = sdk_timestamp_micros(pl.Series([value])).item()
+    short_cut = sdk_timestamp_micros(pl.DataFrame({"t": [value]})).item()
     assert short_cut == iso_8601_micros.__wrapped__(value)
 
 
@@ -448,8 +448,8 @@ def test_messages_around_a_late_invalid_timestamp_keep_their_own_times():
 
 
 def test_a_day_that_does_not_exist_leaves_the_rest_of_its_column_to_the_short_cut():
-    short_cut = sdk_timestamp_micros(pl.Series(["2025-02-30T00:00:00Z", "2025-01-15T10:30:00.123Z"]))
-    assert short_cut.to_list() == [None, micros("2025-01-15T10:30:00.123+00:00")]
+    short_cut = sdk_timestamp_micros(pl.DataFrame({"t": ["2025-02-30T00:00:00Z", "2025-01-15T10:30:00.123Z"]}))
+    assert short_cut["t"].to_list() == [None, micros("2025-01-15T10:30:00.123+00:00")]
 
 
 # --- invalid_revenue ------------------------------------------------------------------------
