@@ -157,7 +157,7 @@ def format_reports(warehouse: Path) -> str:
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=140,
     ):
         for model in REPORTS:
-            frame = pl.from_arrow(connection.execute(f"select * from {model} order by all").to_arrow_table())
+            frame = connection.sql(f"select * from {model} order by all").pl()
             blocks.append(f"{model}:\n{frame}")
     return "\n\n".join(blocks)
 
