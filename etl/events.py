@@ -197,8 +197,8 @@ def event_tables(
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
         # cost on a chunk's few hundred rows, paid per event table in the main process.
         base = tracks[sink.positions, base_columns]
-        base = base[[c for c in base.columns if not c.startswith("context_") or base.get_column(c).null_count() < height]]
-        ids = message_ids.gather(sink.positions)
+        nulls = base.null_count().row(0)
+        base = base[[c for c, n in zip(base.columns, nulls) if not c.startswith("context_") or n < height]]
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))
@@ -215,11 +215,13 @@ def event_tables(
             values_series = pl.Series(column.name, list(typed), dtype=dtype)
             if len(rows) != height:
                 values_series = pl.Series(column.name, [None] * height, dtype=dtype).scatter(list(rows), values_series)
-            series.append((column.position, values_series.cast(POLARS_TYPES[column.type])))
+            if column.type == "timestamp":
+                values_series = values_series.cast(UTC_MICROS)
+            series.append((column.position, values_series))
             if misfit:
                 out.discards.append(pl.DataFrame({
                     "event": [event] * len(misfit),
-                    "message_id": ids.gather([r for r, _ in misfit]),
+                    "message_id": message_ids.gather([sink.positions[r] for r, _ in misfit]),
                     "column_name": [column.name] * len(misfit),
                     "value": [json_text(v) for _, v in misfit],
                     "expected_type": [column.type] * len(misfit),

@@ -99,6 +99,14 @@ def test_column_type_is_fixed_by_the_first_value_and_misfits_become_discards(log
     ]
 
 
+def test_a_discard_names_its_own_message_when_other_events_interleave(logs, warehouse):
+    load(logs, warehouse, {DAY: [
+        track("B", messageId="b1"), track("A", messageId="a1", properties={"n": 1}),
+        track("B", messageId="b2"), track("A", messageId="a2", properties={"n": "x"}),
+    ]})
+    assert query(warehouse, "select event, message_id, column_name, value from discards") == [("a", "a2", "n", "x")]
+
+
 def test_int_widens_to_float_and_older_partitions_read_with_it(logs, warehouse):
     load(logs, warehouse, {"2025-01-14": [track("A", properties={"price": 3})], DAY: [track("A", properties={"price": 2.5})]})
     assert registered(warehouse, "a") == [("price", "float")]
