@@ -163,7 +163,7 @@ def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
             registered = {c.name: c.type for c in registry.columns(event).values()}
             for path in files:
                 for name, dtype in pl.read_parquet_schema(path).items():
-                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or name.startswith("context_"):
+                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or name.startswith("context"):
                         continue
                     kind = registered.get(name)
                     allowed = {POLARS_TYPES[kind]} | ({pl.Int64()} if kind == "float" else set()) if kind else set()

@@ -203,7 +203,7 @@ def event_tables(
     message_ids = tracks["message_id"]
     base_columns = [
         c for c in tracks.columns
-        if c in EVENT_LEADING_COLUMNS or c.startswith("context_") or c in EVENT_PROVENANCE_COLUMNS
+        if c in EVENT_LEADING_COLUMNS or c.startswith("context") or c in EVENT_PROVENANCE_COLUMNS
     ]
     for event, sink in gathered.items():
         keep = [not duplicate[p] for p in sink.positions] if duplicate is not None else None
@@ -217,7 +217,7 @@ def event_tables(
         # cost on a chunk's few hundred rows, paid per event table in the main process.
         base = tracks[sink.positions, base_columns]
         nulls = base.null_count().row(0)
-        base = base[[c for c, n in zip(base.columns, nulls) if not c.startswith("context_") or n < height]]
+        base = base[[c for c, n in zip(base.columns, nulls) if not c.startswith("context") or n < height]]
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))

@@ -135,7 +135,8 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
             for key, value in node.items():
                 name = names.get(key)
                 if name is None:
-                    name = names[key] = f"{prefix}_{key_name(key)}"
+                    # `context.other` must not take the name of the overflow column.
+                    name = names[key] = unique_name(f"{prefix}_{key_name(key)}", (CONTEXT_OVERFLOW,))
                 if type(value) is dict:
                     stack.append((name, value))
                 elif value is not None:

@@ -527,7 +527,7 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
             result.accept(line_number, index, fields)
 
 
-ID_FIELDS = ("userId", "anonymousId")
+ID_FIELDS = ("messageId", "userId", "anonymousId")
 EXACT_FLOAT_LIMIT = 2.0**63
 
 
@@ -544,8 +544,10 @@ def has_huge_integer_id(message: Any) -> bool:
 def parse_line(line: bytes) -> Any:
     """orjson for speed; the standard library (exact big integers) only for a huge integer id."""
     parsed = orjson.loads(line)
-    if type(parsed) is dict and (
-        type(parsed.get("userId")) is float or type(parsed.get("anonymousId")) is float or "batch" in parsed
+    get = parsed.get if type(parsed) is dict else None
+    if get and (
+        type(get("messageId")) is float or type(get("userId")) is float or type(get("anonymousId")) is float
+        or "batch" in parsed
     ):
         batch = parsed.get("batch")
         items = batch if isinstance(batch, list) else [parsed]

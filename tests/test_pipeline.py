@@ -93,6 +93,19 @@ def test_context_keys_past_the_column_cap_keep_their_values_in_context_other(log
     assert checks.schema_matches_contract(warehouse, DAY).passed
 
 
+@pytest.mark.parametrize("chunk_bytes", [200, 1 << 20], ids=["across chunks", "in one chunk"])
+def test_a_context_key_named_other_never_takes_the_overflow_column(logs, warehouse, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId="m1", context={"a": 1, "b": 2, "c": 3, "d": 4}),
+        track("A", messageId="m2", context={"other": "hello", "zz": 1}),
+    ])
+    load_day(logs, warehouse, DAY, chunk_bytes=chunk_bytes, workers=1)
+    rows = {r["message_id"]: r for r in tracks_rows(warehouse).iter_rows(named=True)}
+    assert context_values(rows["m1"]) == {"context_a": "1", "context_b": "2", "context_c": "3", "context_d": "4"}
+    assert context_values(rows["m2"]) == {"context_other_2": "hello", "context_zz": "1"}
+
+
 def test_a_chunk_never_builds_more_context_columns_than_the_cap(monkeypatch):
     monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
     series = normalize.context_columns([{f"key{i}": i} for i in range(1000)])
@@ -113,8 +126,11 @@ def test_the_context_column_cap_holds_for_the_whole_day_across_chunks(logs, ware
 def test_a_context_that_is_not_an_object_is_kept_as_text_and_passes_the_schema_check(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [track(context="mobile-app"), track(context=[1, 2])])
     load_day(logs, warehouse, DAY)
+    refresh_catalog(warehouse)
     assert tracks_rows(warehouse)["context"].to_list() == ["mobile-app", "[1,2]"]
+    assert query(warehouse, "select context from product_viewed order by line_number") == [("mobile-app",), ("[1,2]",)]
     assert checks.schema_matches_contract(warehouse, DAY).passed
+    assert checks.registry_matches_parquet(warehouse, DAY).passed
 
 
 def test_missing_currency_means_usd(logs, warehouse):

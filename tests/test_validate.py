@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from etl.normalize import quarantine_frame
+from etl.pipeline import load_day
 from etl.read import LineChunk
 from etl.validate import INVALID, ValidatedChunk, iso_8601_micros, sdk_timestamp_micros, validate_chunk
 
@@ -246,10 +247,21 @@ def test_ids_are_stored_untrimmed():
     assert accepted(track(userId=" u1 ")).user_id == " u1 "
 
 
-@pytest.mark.parametrize("literal", ["18446744073709551616", "-9223372036854775809"])
-def test_integer_id_past_64_bits_keeps_its_exact_digits(literal):
-    line = '{"event":"E","userId":' + literal + "}"
-    assert accepted(line).user_id == literal
+@pytest.mark.parametrize("literal", ["18446744073709551616", "-9223372036854775809", "1180591620717411303424"])
+@pytest.mark.parametrize("field", ["userId", "anonymousId", "messageId"])
+def test_integer_id_past_64_bits_keeps_its_exact_digits(literal, field):
+    line = '{"event":"E","userId":"u",' + f'"{field}":{literal}' + "}"
+    fields = accepted(line)
+    assert {"userId": fields.user_id, "anonymousId": fields.anonymous_id, "messageId": fields.message_id}[field] == literal
+
+
+def test_two_messages_with_one_integer_message_id_past_64_bits_are_duplicates(tmp_path):
+    day = tmp_path / "logs" / "2025-01-15"
+    day.mkdir(parents=True)
+    (day / "a.ndjson").write_text('{"event":"a","userId":"u","messageId":1180591620717411303424}\n'
+                                  '{"event":"b","userId":"u","messageId":1180591620717411303424}\n')
+    summary = load_day(tmp_path / "logs", tmp_path / "warehouse", "2025-01-15")
+    assert (summary.accepted, summary.quarantined_by_reason) == (1, {"duplicate_message_id": 1})
 
 
 def test_integer_user_id_is_stored_as_decimal_string():
