@@ -5,18 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pickle
 import sys
 import types
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings, strategies as st
 from conftest import query, track, write_log
 
 from etl import checks, normalize
 from etl.catalog import refresh_catalog
-from etl.pipeline import ChunkWorkers, load_day
+from etl.events import EventProperties
+from etl.pipeline import ChunkWorkers, PreparedChunk, load_day
 from etl.read import read_chunks
+from etl.validate import ValidatedChunk
 from etl.write import PartitionWriter, partition_dir
 
 DAY = "2025-01-15"
@@ -351,3 +355,23 @@ def test_chunk_workers_start_without_rerunning_the_parents_main_module(tmp_path,
         ran_main = pool.submit(eval, "'heavy_main_was_run' in __import__('sys').modules").result()
     assert ran_main is False
     assert sys.modules["__main__"] is heavy_main
+
+
+JSON_VALUES = st.recursive(
+    st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner | st.none(), max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(JSON_VALUES, min_size=1, max_size=5), st.booleans())
+def test_gathered_values_reach_the_main_process_exactly_as_gathered(values, with_huge_integer):
+    # orjson carries them (1 and 1.0 and True stay apart); pickle takes over for what it cannot hold.
+    if with_huge_integer:
+        values = [*values, 2**70]
+    sink = EventProperties(list(range(len(values))), {("p",): (list(range(len(values))), values), ("q", "r"): ([0], [1.0])})
+    prepared = PreparedChunk(ValidatedChunk.empty("a.ndjson"), pl.DataFrame({"x": [1]}), {"e": sink})
+    sent = pickle.loads(pickle.dumps(prepared))
+    assert repr(sent.gathered) == repr(prepared.gathered)
+    assert sent.tracks.equals(prepared.tracks)
