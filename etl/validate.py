@@ -16,6 +16,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import NoneType
 from typing import Any, NamedTuple
 
 import orjson
@@ -59,6 +60,8 @@ MAX_ARRAY_ITEMS = 255
 MAX_VALUE = 2_147_483_647
 TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 TIMESTAMP_LABELS = (*TIMESTAMP_FIELDS, "properties.occurred_at")
+TEXT_OR_ABSENT = frozenset((str, NoneType))
+CONTAINERS = frozenset((dict, list))  # parsed JSON holds these exact types, never subclasses
 TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at", "occurred_at")
 time_texts = operator.attrgetter(*TIME_COLUMNS)
 
@@ -240,27 +243,25 @@ def derived_message_id(message: dict) -> str:
 
 
 def scan_properties(properties: dict) -> tuple[bool, bool]:
-    """Return (a name over 255 characters, a key nested deeper than 3 levels) anywhere below."""
-    long_name = False
+    """Return (a name over 255 characters, a key nested deeper than 3 levels) anywhere below.
+
+    Top-level names are measured in C; only nested objects and arrays are walked."""
+    long_name = max(map(len, properties), default=0) > MAX_NAME_CHARS
     too_deep = False
-    stack: list[tuple[Any, int]] = [(properties, 1)]
-    while stack:
+    stack: list[tuple[Any, int]] = [(child, 2) for child in properties.values() if type(child) in CONTAINERS]
+    while stack and not (long_name and too_deep):
         node, depth = stack.pop()
-        if isinstance(node, dict):
+        if type(node) is dict:
             if node and depth > MAX_PROPERTY_DEPTH:
                 too_deep = True
             for key, child in node.items():
                 if len(key) > MAX_NAME_CHARS:
                     long_name = True
-                if isinstance(child, dict):
+                if type(child) in CONTAINERS:
                     stack.append((child, depth + 1))
-                elif isinstance(child, list):
-                    stack.append((child, depth + 1))
-        elif isinstance(node, list):
+        else:
             # Arrays are transparent: an object inside one sits at the array's own level.
-            stack.extend((child, depth) for child in node if isinstance(child, (dict, list)))
-        if long_name and too_deep:
-            break
+            stack.extend((child, depth) for child in node if type(child) in CONTAINERS)
     return long_name, too_deep
 
 
@@ -332,7 +333,7 @@ def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[
     value = parse_value_cents(properties.get("value"))
     # A message that fails anyway has its timestamps checked here, to list every failure in
     # order; one that passes every other rule leaves its timestamp text to `settle_timestamps`.
-    if failures or INVALID in (revenue, currency, value) or any(t is not None and type(t) is not str for t in texts):
+    if failures or INVALID in (revenue, currency, value) or not set(map(type, texts)) <= TEXT_OR_ABSENT:
         bad_time = timestamp_failure(texts, [parse_timestamp(text) for text in texts])
         if bad_time:
             fail(bad_time)
