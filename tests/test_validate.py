@@ -407,7 +407,7 @@ TIMESTAMP_EDITS = {
     "day": ["29", "30", "31", "32", "00"],
     "separator": ["t", " ", "_"],
     "fraction": [".1", ".12345", ".1234567", ",123", ".12a", ".٣٣٣"],
-    "zone": ["z", "", "+02:00", "ZZ", "+00:00"],
+    "zone": ["z", "", "+02:00", "ZZ", "+00:00", "-08:00", "+23:59", "+24:00", "+00:60", "+0530", "+05"],
 }
 
 
@@ -445,9 +445,12 @@ def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts
         assert micros in (None, iso_8601_micros.__wrapped__(value))
 
 
-@given(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)), st.sampled_from(["seconds", "milliseconds", "microseconds"]))
-def test_vectorized_timestamp_short_cut_types_the_sdk_shape_itself(moment, precision):
-    value = moment.isoformat(timespec=precision) + "Z"
+@given(
+    st.datetimes(dt.datetime(1, 1, 2), dt.datetime(9999, 12, 30)), st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+    st.sampled_from(["Z", "+00:00", "+05:30", "-08:00"]),
+)
+def test_vectorized_timestamp_short_cut_types_the_sdk_shapes_itself(moment, precision, zone):
+    value = moment.isoformat(timespec=precision) + zone
     short_cut = sdk_timestamp_micros(pl.DataFrame({"t": [value]})).item()
     assert short_cut == iso_8601_micros.__wrapped__(value)
 
