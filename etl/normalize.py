@@ -113,39 +113,49 @@ class ContextColumns:
         return out
 
 
+def context_column_name(prefix: str, key: str) -> str:
+    # `context.other` must not take the name of the overflow column.
+    return unique_name(f"{prefix}_{key_name(key)}", (CONTEXT_OVERFLOW,))
+
+
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
     """`context.page.url` → `context_page_url`, one text column per key path (JSON text for
-    numbers, booleans and arrays), NULL where a row lacks it. A tight loop: it runs per event,
-    so columns are dense lists filled in place and names are cached per parent path."""
+    numbers, booleans and arrays), NULL where a row lacks it.
+
+    A tight loop, as it runs per value: each nested object's level remembers, by key, the dense
+    column a value goes to and the level below, so a value costs one lookup; names are made, and
+    clashes and the cap handled, only off that path (50 → 21 k instructions an event, callgrind).
+    """
     out = ContextColumns(len(contexts))
-    columns = out.columns
-    child_names: dict[str, dict[str, str]] = {}
+    root: tuple[str, dict, dict] = ("context", {}, {})  # (column name prefix, key → column, key → level)
     for row, context in enumerate(contexts):
         if context is None:
             continue
         if type(context) is not dict:
             out.put("context", row, json_text(context))
             continue
-        stack = [("context", context)]
+        stack = [(root, context)]
         while stack:
-            prefix, node = stack.pop()
-            names = child_names.get(prefix)
-            if names is None:
-                names = child_names[prefix] = {}
+            (prefix, cells, levels), node = stack.pop()
             for key, value in node.items():
-                name = names.get(key)
-                if name is None:
-                    # `context.other` must not take the name of the overflow column.
-                    name = names[key] = unique_name(f"{prefix}_{key_name(key)}", (CONTEXT_OVERFLOW,))
-                if type(value) is dict:
-                    stack.append((name, value))
-                elif value is not None:
-                    text = value if type(value) is str else json_text(value)
-                    column = columns.get(name)
-                    if column is not None and column[row] is None:
-                        column[row] = text
-                    else:
-                        out.put(name, row, text)
+                kind = type(value)
+                if kind is dict:
+                    level = levels.get(key)
+                    if level is None:
+                        level = levels[key] = (context_column_name(prefix, key), {}, {})
+                    stack.append((level, value))
+                    continue
+                if value is None:
+                    continue
+                text = value if kind is str else json_text(value)
+                column = cells.get(key)
+                if column is not None and column[row] is None:
+                    column[row] = text
+                    continue
+                name = context_column_name(prefix, key)
+                out.put(name, row, text)
+                if column is None and name in out.columns:
+                    cells[key] = out.columns[name]
     return out.series()
 
 

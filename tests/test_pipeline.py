@@ -6,8 +6,10 @@ import datetime as dt
 import json
 import os
 import pickle
+import re
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -108,6 +110,41 @@ def test_a_context_key_named_other_never_takes_the_overflow_column(logs, warehou
     rows = {r["message_id"]: r for r in tracks_rows(warehouse).iter_rows(named=True)}
     assert context_values(rows["m1"]) == {"context_a": "1", "context_b": "2", "context_c": "3", "context_d": "4"}
     assert context_values(rows["m2"]) == {"context_other_2": "hello", "context_zz": "1"}
+
+
+CONTEXT_KEYS = st.sampled_from(["a", "A", "b", "aB", "a_b", "other"])  # several map to one name
+CONTEXT_LEAVES = st.none() | st.text(max_size=2) | st.integers(-5, 5) | st.booleans() | st.lists(st.integers(0, 2), max_size=2)
+CONTEXTS = st.recursive(CONTEXT_LEAVES, lambda inner: st.dictionaries(CONTEXT_KEYS, inner, max_size=4), max_leaves=12)
+
+
+def context_leaves(node: dict, prefix: str = "context") -> list[tuple[str, str]]:
+    """(column name the path asks for, text) of every non-null leaf, in no particular order."""
+    leaves = []
+    for key, value in node.items():
+        name = normalize.context_column_name(prefix, key)
+        if isinstance(value, dict):
+            leaves += context_leaves(value, name)
+        elif value is not None:
+            leaves.append((name, normalize.json_text(value)))
+    return leaves
+
+
+@settings(max_examples=300)
+@given(st.lists(st.dictionaries(CONTEXT_KEYS, CONTEXTS, max_size=5) | st.none(), min_size=1, max_size=6))
+def test_every_context_value_lands_once_in_its_paths_column_or_a_numbered_one(contexts):
+    columns = {series.name: series.to_list() for series in normalize.context_columns(contexts)}
+    for row, context in enumerate(contexts):
+        expected = sorted(context_leaves(context or {}))
+        asked = Counter(name for name, _ in expected)
+        cells = [
+            (name if name in asked else re.sub(r"_[0-9]+$", "", name), values[row])
+            for name, values in columns.items() if values[row] is not None
+        ]
+        assert sorted(cells) == expected
+        # A name asked for by one leaf of the row only is that leaf's own column, unnumbered.
+        for name, text in expected:
+            if asked[name] == 1:
+                assert columns[name][row] == text
 
 
 def test_a_chunk_never_builds_more_context_columns_than_the_cap(monkeypatch):
