@@ -113,9 +113,14 @@ class ContextColumns:
         return out
 
 
+def context_path_name(prefix: str, key: str) -> str:
+    return f"{prefix}_{key_name(key)}"
+
+
 def context_column_name(prefix: str, key: str) -> str:
-    # `context.other` must not take the name of the overflow column.
-    return unique_name(f"{prefix}_{key_name(key)}", (CONTEXT_OVERFLOW,))
+    """A value's column: its path's name, except that `context.other` leaves `context_other` to
+    the overflow column (objects below `context.other` keep their names)."""
+    return unique_name(context_path_name(prefix, key), (CONTEXT_OVERFLOW,))
 
 
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
@@ -142,7 +147,7 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
                 if kind is dict:
                     level = levels.get(key)
                     if level is None:
-                        level = levels[key] = (context_column_name(prefix, key), {}, {})
+                        level = levels[key] = (context_path_name(prefix, key), {}, {})
                     stack.append((level, value))
                     continue
                 if value is None:

@@ -157,13 +157,13 @@ def iso_8601_micros(value: str) -> int | Invalid:
 
 
 # The shapes SDKs send ("2024-01-15T10:30:00.123Z", or "+00:00" as Python's isoformat writes),
-# in ASCII digits (`\d` would take any script's), hours, minutes, seconds and offsets in range:
-# only the day of the month is left for the parser to check.
+# in ASCII digits (`\d` would take any script's), a year from 0001 (Python has no year 0, chrono
+# does), hours, minutes, seconds and offsets in range: only the day of the month is left for the
+# parser to check.
 SDK_TIMESTAMP = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{3}|\.[0-9]{6})?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+    r"^(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-[0-9]{2}-[0-9]{2}"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{3}|\.[0-9]{6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-FIRST_PYTHON_MICROS = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - EPOCH) // ONE_MICROSECOND  # chrono parses year 0
 
 
 def sdk_timestamp_micros(texts: pl.DataFrame) -> pl.DataFrame:
@@ -178,7 +178,7 @@ def sdk_timestamp_micros(texts: pl.DataFrame) -> pl.DataFrame:
             pl.col(name).str.strptime(pl.Datetime("us", "UTC"), "%+", strict=False).dt.epoch("us")
         ).alias(name)
         for name in texts.columns
-    ).select(pl.when(pl.col(name) >= FIRST_PYTHON_MICROS).then(pl.col(name)).alias(name) for name in texts.columns)
+    )
 
 
 def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tuple[str, str] | None:

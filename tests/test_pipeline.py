@@ -112,6 +112,11 @@ def test_a_context_key_named_other_never_takes_the_overflow_column(logs, warehou
     assert context_values(rows["m2"]) == {"context_other_2": "hello", "context_zz": "1"}
 
 
+def test_objects_below_context_other_keep_their_names():
+    series = normalize.context_columns([{"other": {"x": 1}}, {"other": "leaf"}])
+    assert {s.name: s.to_list() for s in series} == {"context_other_x": ["1", None], "context_other_2": [None, "leaf"]}
+
+
 CONTEXT_KEYS = st.sampled_from(["a", "A", "b", "aB", "a_b", "other"])  # several map to one name
 CONTEXT_LEAVES = st.none() | st.text(max_size=2) | st.integers(-5, 5) | st.booleans() | st.lists(st.integers(0, 2), max_size=2)
 CONTEXTS = st.recursive(CONTEXT_LEAVES, lambda inner: st.dictionaries(CONTEXT_KEYS, inner, max_size=4), max_leaves=12)
@@ -121,11 +126,10 @@ def context_leaves(node: dict, prefix: str = "context") -> list[tuple[str, str]]
     """(column name the path asks for, text) of every non-null leaf, in no particular order."""
     leaves = []
     for key, value in node.items():
-        name = normalize.context_column_name(prefix, key)
         if isinstance(value, dict):
-            leaves += context_leaves(value, name)
+            leaves += context_leaves(value, normalize.context_path_name(prefix, key))
         elif value is not None:
-            leaves.append((name, normalize.json_text(value)))
+            leaves.append((normalize.context_column_name(prefix, key), normalize.json_text(value)))
     return leaves
 
 

@@ -446,7 +446,7 @@ def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts
 
 
 @given(
-    st.datetimes(dt.datetime(1, 1, 2), dt.datetime(9999, 12, 30)), st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+    st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)), st.sampled_from(["seconds", "milliseconds", "microseconds"]),
     st.sampled_from(["Z", "+00:00", "+05:30", "-08:00"]),
 )
 def test_vectorized_timestamp_short_cut_types_the_sdk_shapes_itself(moment, precision, zone):
@@ -460,6 +460,11 @@ def test_messages_around_a_late_invalid_timestamp_keep_their_own_times():
                       track(timestamp="2025-01-15T12:00:00.5+01:00"))
     assert result.accepted_line == [1, 3] and result.quarantine_line == [2]
     assert result.times["timestamp"].to_list() == [micros("2025-01-15T10:00:00+00:00"), micros("2025-01-15T11:00:00.5+00:00")]
+
+
+@pytest.mark.parametrize("value", ["0000-12-31T23:30:00-01:00", "0000-06-15T10:00:00Z", "0000-01-01T00:00:00.000+00:00"])
+def test_year_zero_is_invalid_whatever_its_offset(value):
+    assert reasons(track(timestamp=value)) == ["invalid_timestamp"]
 
 
 def test_a_day_that_does_not_exist_leaves_the_rest_of_its_column_to_the_short_cut():
