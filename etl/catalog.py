@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
+from etl.names import is_context_column
 from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
 
 DATABASE_FILE = "warehouse.duckdb"
@@ -97,7 +98,7 @@ def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -
 def event_view_sql(source: str, present: set[str], properties: list[Column]) -> str:
     """Standard, context and provenance columns as written, then every registered property column
     cast to its registry type (NULL for partitions written before the column existed)."""
-    context = sorted(c for c in present if c.startswith("context"))
+    context = sorted(c for c in present if is_context_column(c))
     selected = [quote_identifier(c) for c in (*EVENT_LEADING_COLUMNS, *context, *EVENT_PROVENANCE_COLUMNS) if c in present]
     for column in properties:
         value = quote_identifier(column.name) if column.name in present else "NULL"

@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
+from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
 from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
 from etl.write import partition_dir, read_manifest
@@ -163,7 +164,7 @@ def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
             registered = {c.name: c.type for c in registry.columns(event).values()}
             for path in files:
                 for name, dtype in pl.read_parquet_schema(path).items():
-                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or name.startswith("context"):
+                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or is_context_column(name):
                         continue
                     kind = registered.get(name)
                     allowed = {POLARS_TYPES[kind]} | ({pl.Int64()} if kind == "float" else set()) if kind else set()

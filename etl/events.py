@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from etl.names import is_context_column
 from etl.normalize import UTC_MICROS, json_text
 from etl.registry import CONVERTED_PROPERTIES, Column, SchemaRegistry, path_key
 from etl.validate import INVALID, TrackFields, parse_timestamp
@@ -203,7 +204,7 @@ def event_tables(
     message_ids = tracks["message_id"]
     base_columns = [
         c for c in tracks.columns
-        if c in EVENT_LEADING_COLUMNS or c.startswith("context") or c in EVENT_PROVENANCE_COLUMNS
+        if c in EVENT_LEADING_COLUMNS or is_context_column(c) or c in EVENT_PROVENANCE_COLUMNS
     ]
     for event, sink in gathered.items():
         keep = [not duplicate[p] for p in sink.positions] if duplicate is not None else None
@@ -217,7 +218,7 @@ def event_tables(
         # cost on a chunk's few hundred rows, paid per event table in the main process.
         base = tracks[sink.positions, base_columns]
         nulls = base.null_count().row(0)
-        base = base[[c for c, n in zip(base.columns, nulls) if not c.startswith("context") or n < height]]
+        base = base[[c for c, n in zip(base.columns, nulls) if not is_context_column(c) or n < height]]
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))

@@ -74,6 +74,12 @@ def key_name(key: str) -> str:
     return snake_case(key) or f"key_{_short_hash(key)}"
 
 
+def is_context_column(name: str) -> bool:
+    """`context` (a context that is not an object) and every `context_…` column. No property
+    column starts so: the registry prefixes those names with `property_`."""
+    return name.startswith("context")
+
+
 def unique_name(base: str, taken: Container[str]) -> str:
     """`base`, or the first of `base_2`, `base_3`, … not in `taken`: the contract's rule for two
     keys that map to one name."""

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from etl.names import event_table_name, key_name, unique_name
+from etl.names import event_table_name, is_context_column, key_name, unique_name
 from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
@@ -182,7 +182,7 @@ def fold_context_columns(tracks: pl.DataFrame, names: list[str]) -> pl.DataFrame
 def capped_context(tracks: pl.DataFrame, day_columns: set[str]) -> pl.DataFrame:
     """Keep the day's `context` columns within MAX_CONTEXT_COLUMNS (each chunk is capped on its
     own): the first ones seen, in input order, stay columns; later ones join `context_other`."""
-    new = [c for c in tracks.columns if c.startswith("context") and c != CONTEXT_OVERFLOW and c not in day_columns]
+    new = [c for c in tracks.columns if is_context_column(c) and c != CONTEXT_OVERFLOW and c not in day_columns]
     room = max(0, MAX_CONTEXT_COLUMNS - len(day_columns))
     day_columns.update(new[:room])
     return fold_context_columns(tracks, new[room:]) if len(new) > room else tracks

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from etl.names import key_name, unique_name
+from etl.names import is_context_column, key_name, unique_name
 
 REGISTRY_FILE = "_registry.sqlite"
 MAX_PROPERTY_COLUMNS = 1000
@@ -43,7 +43,7 @@ def base_column_name(path: tuple[str, ...]) -> str:
     if len(path) == 1 and path[0] in CONVERTED_PROPERTIES:
         return path[0]
     name = "_".join(key_name(key) for key in path)
-    clashes = name in EVENT_STANDARD_COLUMNS or name in CONVERTED_PROPERTIES or name.startswith("context")
+    clashes = name in EVENT_STANDARD_COLUMNS or name in CONVERTED_PROPERTIES or is_context_column(name)
     if not name or name[0].isdigit() or clashes:
         name = f"property_{name}"
     return name
