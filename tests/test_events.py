@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import time
 from pathlib import Path
 
 import polars as pl
@@ -213,6 +214,23 @@ def test_two_concurrent_partition_runs_agree_on_one_registry(logs, warehouse):
     typed = query(warehouse, f"select count(*) from a, unnest([{', '.join(keys)}]) as v(x) where x is not null")[0][0]
     discarded = query(warehouse, "select count(*) from discards")[0][0]
     assert typed + discarded == 2 * 40 * 60
+
+
+def open_registry_at(args: tuple[str, float]) -> bool:
+    warehouse, start = args
+    while time.time() < start:
+        pass
+    SchemaRegistry(Path(warehouse)).close()
+    return True
+
+
+def test_runs_starting_together_on_a_new_warehouse_all_open_the_registry(tmp_path):
+    # A backfill starts several partitions at once on an empty warehouse: SQLite refuses a
+    # journal-mode change while another connection holds the file, whatever its busy timeout.
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for trial in range(20):
+            start = time.time() + 0.05
+            assert pool.map(open_registry_at, [(str(tmp_path / f"w{trial}"), start)] * 4) == [True] * 4
 
 
 def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse):
