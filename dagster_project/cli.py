@@ -19,7 +19,7 @@ from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
 from etl.catalog import DATABASE_FILE
 from etl.pipeline import DaySummary
-from etl.read import DAY_FOLDER, list_days
+from etl.read import DAY_FOLDER, list_days, skipped_folders
 from etl.write import read_manifest
 
 EXAMPLES = """examples:
@@ -165,6 +165,8 @@ def format_reports(warehouse: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     config = TrackhouseConfig(logs_root=args.logs, warehouse_root=args.warehouse)
     days = chosen_days(config.logs, args.date, args.start, args.end)
+    for folder in skipped_folders(config.logs):
+        print(f"skipped {folder}/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)", file=sys.stderr)
     ensure_writable(config.warehouse)
     load_asset = build_load_asset(received_days(config.logs))
     instance = dagster_instance()

@@ -68,6 +68,14 @@ def list_days(logs_root: Path) -> list[str]:
     return sorted(p.name for p in logs_root.iterdir() if is_day_folder(p))
 
 
+def skipped_folders(logs_root: Path) -> list[str]:
+    """Folders under the logs root that are not a day (`2025-02-30`, `2025-1-05`, `archive`):
+    their logs are never loaded, so a run names them rather than skip them in silence."""
+    if not logs_root.is_dir():
+        return []
+    return sorted(p.name for p in logs_root.iterdir() if p.is_dir() and not p.name.startswith(".") and not is_day_folder(p))
+
+
 def is_log_file(path: Path) -> bool:
     name = path.name.lower()
     if name.endswith(".gz"):

@@ -25,6 +25,17 @@ def test_run_loads_every_day_folder_and_prints_a_summary(logs, warehouse, capsys
     assert query(warehouse, "select count(*) from tracks") == [(2,)]
 
 
+def test_run_names_the_folders_it_skips_because_they_are_not_days(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    for name in ("2025-02-30", "2025-1-05", "archive"):
+        write_log(logs / name / "a.ndjson", [track()])
+    (logs / ".cache").mkdir()
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {name}/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)"
+                       for name in ("2025-02-30", "2025-1-05", "archive")]
+
+
 def test_run_with_a_range_loads_only_the_days_inside_it(logs, warehouse, capsys):
     for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
         write_log(logs / day / "a.ndjson", [track(messageId=day)])
