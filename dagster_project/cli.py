@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -108,9 +109,9 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
 def ensure_writable(warehouse: Path) -> None:
     try:
         warehouse.mkdir(parents=True, exist_ok=True)
-        probe = warehouse / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of its own: two runs starting together must not delete each other's.
+        with tempfile.NamedTemporaryFile(dir=warehouse, prefix=".write-probe-"):
+            pass
     except OSError as error:
         raise RuntimeError(f"cannot write to warehouse {warehouse} ({error.strerror}): pass --warehouse DIR you can write") from None
 

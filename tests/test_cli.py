@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
+from pathlib import Path
+
 import pytest
 from conftest import query, track, write_log
 
-from dagster_project.cli import main
+from dagster_project.cli import ensure_writable, main
 
 
 def run(*args: str) -> int:
@@ -89,3 +93,24 @@ def test_help_shows_examples(capsys):
         main(["run", "--help"])
     assert exit_info.value.code == 0
     assert "etl run --logs /var/log/track --date 2025-01-14" in capsys.readouterr().out
+
+
+def probe_repeatedly(args: tuple[str, float]) -> int:
+    warehouse, start = args
+    while time.time() < start:
+        pass
+    failures = 0
+    for _ in range(2000):
+        try:
+            ensure_writable(Path(warehouse))
+        except RuntimeError:
+            failures += 1
+    return failures
+
+
+def test_runs_starting_together_never_call_the_warehouse_unwritable(warehouse):
+    # Two `etl run`s at once: each checks the warehouse is writable, and neither may remove
+    # the other's probe file and so report a writable warehouse as not writable.
+    start = time.time() + 3  # both processes have imported the CLI by then
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(probe_repeatedly, [(str(warehouse), start)] * 2) == [0, 0]
