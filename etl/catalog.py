@@ -8,7 +8,6 @@ One writer at a time: an exclusive lock on `<warehouse>/.catalog.lock`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import duckdb
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
 from etl.names import is_context_column
 from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
+from etl.write import file_lock
 
 DATABASE_FILE = "warehouse.duckdb"
 # The file holds only views, so it is written in the oldest storage format DuckDB 1.x reads:
@@ -48,12 +48,8 @@ def quote_literal(text: str) -> str:
 def writer_lock(warehouse: Path) -> Iterator[None]:
     """Serialize writers of the DuckDB file and the marts across processes (flock)."""
     warehouse.mkdir(parents=True, exist_ok=True)
-    with open(warehouse / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(warehouse / LOCK_FILE):
+        yield
 
 
 def parquet_source(folder: Path) -> str | None:

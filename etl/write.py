@@ -8,12 +8,16 @@ which the next run of that day removes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -28,6 +32,17 @@ AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (flock on `path`), waited for, released on exit."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:
     return warehouse / table / f"received_date={day}"
 
@@ -36,8 +51,14 @@ def _exchange(first: Path, second: Path) -> bool:
     renameat2 = getattr(_libc, "renameat2", None)
     if renameat2 is None:
         return False
-    result = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
-    return result == 0
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL):  # no exchange on this kernel or file system
+        return False
+    # Anything else (a staged folder gone) must stop the run, not fall back to moving the
+    # live partition aside.
+    raise OSError(error, os.strerror(error), str(first))
 
 
 def swap_in(staged: Path, target: Path) -> None:
@@ -62,6 +83,11 @@ class PartitionWriter:
         self.day = day
         staging_root = warehouse / STAGING
         staging_root.mkdir(parents=True, exist_ok=True)
+        # One run of a day at a time (the schedule and a backfill may both ask for it): a second
+        # run waits, then replaces the first's partition whole. Only then is leftover staging
+        # of the day debris, never a live run's folder.
+        self.day_lock = contextlib.ExitStack()
+        self.day_lock.enter_context(file_lock(staging_root / f"{day}.lock"))
         for debris in staging_root.glob(f"{day}-*"):
             shutil.rmtree(debris, ignore_errors=True)
         self.staging = staging_root / f"{day}-{uuid.uuid4().hex[:12]}"
@@ -75,6 +101,7 @@ class PartitionWriter:
 
     def __exit__(self, *exc_info) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        self.day_lock.close()
 
     def write(self, table: str, frame: pl.DataFrame) -> Path:
         """Add one Parquet part to `table` for this day (numbered in write order). zstd level 1:

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 import types
 from collections import Counter
 from pathlib import Path
@@ -285,7 +286,7 @@ def test_a_run_killed_before_publishing_leaves_the_previous_partition(logs, ware
     monkeypatch.undo()
     load_day(logs, warehouse, DAY)
     assert tracks_rows(warehouse)["event_text"].to_list() == ["After"]
-    assert list((warehouse / ".staging").iterdir()) == []
+    assert [p.name for p in (warehouse / ".staging").iterdir()] == [f"{DAY}.lock"]  # the day's lock, no debris
 
 
 def test_every_day_has_tracks_and_quarantine_files_even_when_empty(logs, warehouse):
@@ -416,3 +417,29 @@ def test_gathered_values_reach_the_main_process_exactly_as_gathered(values, with
     sent = pickle.loads(pickle.dumps(prepared))
     assert repr(sent.gathered) == repr(prepared.gathered)
     assert sent.tracks.equals(prepared.tracks)
+
+
+def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path):
+    # The schedule and a backfill may run one day at once: the second run must neither take the
+    # first's staging folder for debris nor publish in between; it replaces the first whole.
+    first = PartitionWriter(tmp_path, DAY)
+    first.write("tracks", pl.DataFrame({"run": ["first"]}))
+    second_started, first_checked = threading.Event(), threading.Event()
+
+    def second_run() -> None:
+        with PartitionWriter(tmp_path, DAY) as second:
+            second_started.set()
+            first_checked.wait(30)
+            second.write("tracks", pl.DataFrame({"run": ["second"]}))
+            second.publish()
+
+    thread = threading.Thread(target=second_run)
+    thread.start()
+    assert not second_started.wait(0.5)
+    with first:
+        first.publish()
+    assert second_started.wait(30)
+    assert pl.read_parquet(partition_dir(tmp_path, "tracks", DAY))["run"].to_list() == ["first"]
+    first_checked.set()
+    thread.join(30)
+    assert pl.read_parquet(partition_dir(tmp_path, "tracks", DAY))["run"].to_list() == ["second"]
