@@ -119,7 +119,8 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
     """
     models = load_models(sql_dir)
     order = build_order(models)
-    staging = warehouse / MARTS / f".staging-{uuid.uuid4().hex[:12]}"
+    run_token = uuid.uuid4().hex[:12]  # in file names too: see PartitionWriter.write
+    staging = warehouse / MARTS / f".staging-{run_token}"
     rows: dict[str, int] = {}
     with writer_lock(warehouse):
         staging.mkdir(parents=True)
@@ -128,7 +129,7 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
             create_sources(connection, warehouse, seeds_dir or sql_dir / "seeds", models)
             for name in order:
                 (staging / name).mkdir()
-                target = quote_literal(str(staging / name / f"{name}.parquet"))
+                target = quote_literal(str(staging / name / f"{name}-{run_token}.parquet"))
                 try:
                     connection.execute(f"copy ({models[name].sql}) to {target} (format parquet, compression zstd)")
                 except duckdb.Error as error:

@@ -462,3 +462,13 @@ def test_concurrent_refreshes_serialize_and_leave_every_model_complete(logs, war
     ]
     assert [p.name for p in (warehouse / "marts").iterdir() if p.name.startswith(".")] == []
     assert sorted(p.name for p in (warehouse / "marts").iterdir()) == sorted(counts)
+
+
+def test_no_two_refreshes_write_a_mart_file_of_the_same_name(logs, warehouse, tmp_path):
+    # As for partitions: a reader of the old mart fails at the swap rather than mixing files.
+    write_log(logs / "2025-01-14" / "a.ndjson", [order("m1", "u1", "2025-01-14T10:00:00Z", 10)])
+    names = []
+    for _ in range(2):
+        build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14"])
+        names.append({p.name for p in (warehouse / "marts" / "fct_orders").iterdir()})
+    assert len(names[0]) == 1 and not names[0] & names[1]

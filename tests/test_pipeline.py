@@ -341,7 +341,7 @@ def test_unique_message_id_check_fails_on_a_repeated_id(logs, warehouse):
     loaded_day(logs, warehouse)
     assert checks.unique_message_id(warehouse, DAY).passed
     folder = partition_dir(warehouse, "tracks", DAY)
-    pl.read_parquet(folder / "part-00000.parquet").head(1).write_parquet(folder / "part-99999.parquet")
+    pl.read_parquet(next(folder.glob("*.parquet"))).head(1).write_parquet(folder / "part-99999.parquet")
     assert not checks.unique_message_id(warehouse, DAY).passed
 
 
@@ -356,8 +356,9 @@ def test_schema_check_fails_on_a_column_of_the_wrong_type(logs, warehouse):
     loaded_day(logs, warehouse)
     assert checks.schema_matches_contract(warehouse, DAY).passed
     folder = partition_dir(warehouse, "tracks", DAY)
-    broken = pl.read_parquet(folder / "part-00000.parquet").with_columns(pl.col("line_number").cast(pl.String))
-    broken.write_parquet(folder / "part-00000.parquet")
+    part = next(folder.glob("*.parquet"))
+    broken = pl.read_parquet(part).with_columns(pl.col("line_number").cast(pl.String))
+    broken.write_parquet(part)
     outcome = checks.schema_matches_contract(warehouse, DAY)
     assert not outcome.passed and "line_number is String" in outcome.description
 
@@ -443,3 +444,14 @@ def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path):
     first_checked.set()
     thread.join(30)
     assert pl.read_parquet(partition_dir(tmp_path, "tracks", DAY))["run"].to_list() == ["second"]
+
+
+def test_no_two_runs_of_a_day_write_a_file_of_the_same_name(logs, warehouse):
+    # A reader that listed the old folder must fail at the swap, not open a new file of the
+    # same name and read its rows through the old footer.
+    write_log(logs / DAY / "a.ndjson", [track("A"), "[]"])
+    names = []
+    for _ in range(2):
+        load_day(logs, warehouse, DAY)
+        names.append({p.relative_to(warehouse) for table in ("tracks", "quarantine", "events/a") for p in partition_dir(warehouse, table, DAY).iterdir()})
+    assert len(names[0]) == 3 and not names[0] & names[1]
