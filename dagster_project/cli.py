@@ -21,7 +21,7 @@ from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, Trackhous
 from etl.catalog import DATABASE_FILE
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
-from etl.write import read_manifest
+from etl.write import file_lock, read_manifest
 
 EXAMPLES = """examples:
   etl run                                        every day folder under data/samples
@@ -117,8 +117,20 @@ def ensure_writable(warehouse: Path) -> None:
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The persistent instance when DAGSTER_HOME is set (runs show in the UI), else a throwaway one."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    """The persistent instance when DAGSTER_HOME is set (runs show in the UI), else a throwaway one.
+
+    Dagster's SQLite storage is not safe to create from several processes at once: `etl run`s
+    started together on a new DAGSTER_HOME crashed, and could stamp its databases with two
+    schema versions, which broke every later run. One process at a time creates it here."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with file_lock(Path(home) / ".trackhouse-init.lock"):
+        instance = dg.DagsterInstance.get()
+        instance.get_runs_count()  # run and event storage
+        instance.all_instigator_state()  # schedule storage
+    return instance
 
 
 def format_summaries(summaries: list[DaySummary]) -> str:

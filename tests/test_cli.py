@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 from conftest import query, track, write_log
 
-from dagster_project.cli import ensure_writable, main
+from dagster_project.cli import dagster_instance, ensure_writable, main
 
 
 def run(*args: str) -> int:
@@ -114,3 +115,26 @@ def test_runs_starting_together_never_call_the_warehouse_unwritable(warehouse):
     start = time.time() + 3  # both processes have imported the CLI by then
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         assert pool.map(probe_repeatedly, [(str(warehouse), start)] * 2) == [0, 0]
+
+
+def open_instance_at(args: tuple[str, float]) -> str:
+    home, start = args
+    os.environ["DAGSTER_HOME"] = home
+    while time.time() < start:
+        pass
+    try:
+        dagster_instance().get_runs_count()
+    except Exception as error:  # noqa: BLE001 - the test reports whatever broke
+        return repr(error)[:200]
+    return "ok"
+
+
+def test_runs_starting_together_on_a_new_dagster_home_all_start(tmp_path):
+    # `etl run`s started together on a new DAGSTER_HOME raced to create Dagster's SQLite
+    # storage: one crashed, and the databases could be left with two schema versions.
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        for trial in range(4):
+            home = tmp_path / f"home{trial}"
+            home.mkdir()
+            start = time.time() + (4 if trial == 0 else 0.5)  # the first trial waits for the imports
+            assert pool.map(open_instance_at, [(str(home), start)] * 3) == ["ok"] * 3
