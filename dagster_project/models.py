@@ -1,8 +1,10 @@
 """The SQL models as Dagster assets: one asset per `sql/*.sql` file, dependencies read from the SQL.
 
 All models refresh together in one computation (they are cheap and must agree with each
-other); Declarative Automation re-runs them after any partition load or backfill, and the
-`warehouse_writer` pool keeps one writer of the marts and `warehouse.duckdb` at a time.
+other); Declarative Automation re-runs them after any partition load or backfill. A file lock
+(`etl.catalog.writer_lock`) keeps one writer of the marts and `warehouse.duckdb` at a time; the
+`warehouse_writer` pool only names them for the UI, as a pool limit would wait forever on a
+slot that a killed run left claimed.
 """
 
 import dagster as dg
