@@ -29,7 +29,7 @@ from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
-from etl.validate import ValidatedChunk, empty_times, raw_text_at, validate_break, validate_chunk
+from etl.validate import OriginalTexts, ValidatedChunk, empty_times, validate_break, validate_chunk
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
 
@@ -76,12 +76,12 @@ def relative_source(logs_root: Path, path: Path) -> str:
 
 def duplicate_rows(chunk: ValidatedChunk, piece: LineChunk, tracks: pl.DataFrame, duplicate: pl.Series) -> None:
     """Move accepted-but-duplicate messages of a chunk into its quarantine lists."""
-    lines = piece.lines()
+    originals = OriginalTexts(piece.lines(), piece.first_line_number)
     for message_id, line_number, batch_index in tracks.filter(duplicate).select("message_id", "line_number", "batch_index").iter_rows():
         chunk.reject(
             line_number,
             batch_index,
-            raw_text_at(lines, piece.first_line_number, line_number, batch_index),
+            originals.at(line_number, batch_index),
             [("duplicate_message_id", f"messageId {message_id!r} was already accepted earlier in this partition")],
         )
 

@@ -469,13 +469,30 @@ def clean_line(line: bytes) -> bytes:
     return line[3:] if line.startswith(BOM) else line
 
 
-def raw_text_at(lines: list[bytes], first_line_number: int, line_number: int, batch_index: int | None) -> str:
-    """The exact original text of a message, found again from its provenance (for duplicates)."""
-    text = clean_line(lines[line_number - first_line_number]).decode()
-    if batch_index is None:
-        return text
-    start, end = batch_item_spans(text)[batch_index]
-    return text[start:end]
+class OriginalTexts:
+    """The exact original text of accepted messages found again from their provenance, for the
+    few that move to quarantine later (duplicates, timestamps). A batch line is decoded and split
+    once, however many of its messages ask: a retried batch of thousands would otherwise be
+    re-tokenized per message, quadratic in its size."""
+
+    def __init__(self, lines: list[bytes], first_line_number: int) -> None:
+        self.lines = lines
+        self.first_line_number = first_line_number
+        self.batches: dict[int, tuple[str, list[tuple[int, int]]]] = {}
+
+    def line_text(self, line_number: int) -> str:
+        return clean_line(self.lines[line_number - self.first_line_number]).decode()
+
+    def at(self, line_number: int, batch_index: int | None) -> str:
+        if batch_index is None:
+            return self.line_text(line_number)
+        split = self.batches.get(line_number)
+        if split is None:
+            text = self.line_text(line_number)
+            split = self.batches[line_number] = (text, batch_item_spans(text))
+        text, spans = split
+        start, end = spans[batch_index]
+        return text[start:end]
 
 
 def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
@@ -596,6 +613,7 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
     both = texts.hstack(times.rename(lambda name: f"{name}_micros")).with_row_index("row")
     unsettled = pl.any_horizontal(pl.col(name).is_not_null() & pl.col(f"{name}_micros").is_null() for name in TIME_COLUMNS)
     rejected: set[int] = set()
+    originals = OriginalTexts(lines, first_line_number)
     settled_rows: list[int] = []
     settled: list[list[int | None]] = []
     # Other shapes (offsets such as "+00:00", dates alone) are parsed one by one, in bulk here:
@@ -605,7 +623,7 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
         failure = timestamp_failure(row_texts, exact)
         if failure:
             line_number, batch_index = result.accepted_line[row], result.accepted_batch_index[row]
-            result.reject(line_number, batch_index, raw_text_at(lines, first_line_number, line_number, batch_index), [failure])
+            result.reject(line_number, batch_index, originals.at(line_number, batch_index), [failure])
             rejected.add(row)
         else:
             settled_rows.append(row)

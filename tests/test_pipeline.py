@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from conftest import query, track, write_log
 
-from etl import checks, normalize
+from etl import checks, normalize, validate
 from etl.catalog import refresh_catalog
 from etl.events import EventProperties
 from etl.pipeline import ChunkWorkers, PreparedChunk, load_day
@@ -248,6 +248,20 @@ def test_duplicate_inside_a_batch_keeps_its_exact_raw_text(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [envelope])
     load_day(logs, warehouse, DAY)
     assert quarantine_rows(warehouse).select("batch_index", "raw").rows() == [(1, '{"messageId":"x", "event":"B","userId":"u"}')]
+
+
+def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, warehouse, monkeypatch):
+    """An SDK retry re-sends a whole batch: finding each duplicate's text must not re-tokenize the
+    envelope per message (quadratic: a 4,000-message batch took two minutes)."""
+    batch = json.dumps({"batch": [track(messageId=f"m{i}", user_id=f"u{i}") for i in range(50)]})
+    write_log(logs / DAY / "a.ndjson", [batch, batch])
+    splits = Counter()
+    split = validate.batch_item_spans
+    monkeypatch.setattr(validate, "batch_item_spans", lambda text: splits.update([text]) or split(text))
+    summary = load_day(logs, warehouse, DAY)
+    assert summary.duplicates == 50
+    assert max(splits.values()) == 1
+    assert quarantine_rows(warehouse).sort("batch_index")["raw"][7] == json.dumps(track(messageId="m7", user_id="u7"))
 
 
 def test_rerun_replaces_exactly_its_partition(logs, warehouse):
