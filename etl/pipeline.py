@@ -29,7 +29,7 @@ from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
-from etl.validate import OriginalTexts, ValidatedChunk, empty_times, validate_break, validate_chunk
+from etl.validate import OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
 
@@ -105,6 +105,7 @@ class PreparedChunk:
                 for event, sink in self.gathered.items()
             })
         except TypeError:
+            make_room_for_deep_json()  # pickle recurses twice a level through deeply nested arrays
             return PreparedChunk, (self.chunk, self.tracks, self.gathered)
         return PreparedChunk.from_json, (self.chunk, self.tracks, gathered)
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import operator
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import NoneType
@@ -105,11 +106,29 @@ class TrackFields(NamedTuple):
     properties: dict
 
 
+JSON_MAX_DEPTH = 1024  # orjson parses no deeper, so no parsed value nests further
+
+
+def make_room_for_deep_json() -> None:
+    """Let the standard library's JSON and pickle, which recurse once or twice a nesting level,
+    take any value orjson parsed: orjson reads 1,024 levels but writes only 254, and Python's
+    default limit of 1,000 frames (fewer under Dagster's call stack) crashed the day on valid
+    JSON. The limit is only ever raised, so threads never lower it under each other."""
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    needed = depth + 2 * JSON_MAX_DEPTH + 100
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
+
+
 def dump_json(value: Any, sort_keys: bool = False) -> bytes:
-    """Compact JSON; the standard library only for integers past 64 bits, which orjson refuses."""
+    """Compact JSON; the standard library only where orjson refuses (integers past 64 bits,
+    nesting past 254 levels)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:
+        make_room_for_deep_json()
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode()
 
 
@@ -568,6 +587,7 @@ def parse_line(line: bytes) -> Any:
         batch = parsed.get("batch")
         items = batch if isinstance(batch, list) else [parsed]
         if any(has_huge_integer_id(item) for item in items):
+            make_room_for_deep_json()
             return json.loads(line)
     return parsed
 

@@ -264,6 +264,34 @@ def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, war
     assert quarantine_rows(warehouse).sort("batch_index")["raw"][7] == json.dumps(track(messageId="m7", user_id="u7"))
 
 
+def called_from_a_deep_stack(depth: int, function, *args, **kwargs):
+    """As under Dagster, whose call stack is a hundred frames deep when an asset runs."""
+    if depth:
+        return called_from_a_deep_stack(depth - 1, function, *args, **kwargs)
+    return function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_json_nested_as_deep_as_the_parser_reads_is_loaded_not_a_crash(logs, warehouse, workers):
+    """orjson reads 1,024 levels but writes 254; the standard library's fallback used to overflow
+    Python's stack and lose the whole day. Arrays add no `properties_too_deep` level."""
+    deep_array = "[" * 1022 + "]" * 1022  # in {"properties":{"a": …}}: 1,024 levels in all
+    deep_object = '{"a":' * 1023 + "1" + "}" * 1023
+    lines = [
+        f'{{"event":"E","userId":"u","messageId":"m1","properties":{{"a":{deep_array}}}}}',
+        f'{{"event":"E","userId":"u","context":{deep_object}}}',
+        f'{{"type":{deep_array},"event":"E","userId":"u"}}',
+        f'{{"event":"E","userId":"u","messageId":18446744073709551616,"properties":{{"a":{deep_array}}}}}',
+    ]
+    (logs / DAY).mkdir()
+    (logs / DAY / "deep.ndjson").write_text("\n".join(lines) + "\n")
+    summary = called_from_a_deep_stack(300, load_day, logs, warehouse, DAY, workers=workers)
+    assert (summary.accepted, summary.quarantined_by_reason) == (3, {"unsupported_type": 1})
+    tracks = tracks_rows(warehouse).sort("line_number")
+    assert tracks["message_id"][2] == "18446744073709551616"
+    assert tracks["properties"][0] == f'{{"a":{deep_array}}}'
+
+
 def test_rerun_replaces_exactly_its_partition(logs, warehouse):
     write_log(logs / "2025-01-14" / "a.ndjson", [track("Day One")])
     write_log(logs / DAY / "a.ndjson", [track("Day Two")])
