@@ -28,7 +28,7 @@ import polars as pl
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
-from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks
+from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks, readable_path
 from etl.validate import OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
@@ -71,7 +71,7 @@ class DaySummary:
 
 
 def relative_source(logs_root: Path, path: Path) -> str:
-    return path.relative_to(logs_root).as_posix()
+    return readable_path(path.relative_to(logs_root).as_posix())
 
 
 def duplicate_rows(chunk: ValidatedChunk, piece: LineChunk, tracks: pl.DataFrame, duplicate: pl.Series) -> None:

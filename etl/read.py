@@ -7,6 +7,7 @@ validator can keep `raw` byte-exact. Memory is bounded by the chunk size, never 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -68,12 +69,22 @@ def list_days(logs_root: Path) -> list[str]:
     return sorted(p.name for p in logs_root.iterdir() if is_day_folder(p))
 
 
+def readable_path(path: str) -> str:
+    """A path as text that any Parquet string or terminal can hold. A name that is not valid
+    UTF-8 (a Latin-1 `café` from an old drop) shows each such byte as `\\xe9`: Python keeps it
+    as a lone surrogate, which crashed the day when stored as `source_file`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def skipped_folders(logs_root: Path) -> list[str]:
     """Folders under the logs root that are not a day (`2025-02-30`, `2025-1-05`, `archive`):
     their logs are never loaded, so a run names them rather than skip them in silence."""
     if not logs_root.is_dir():
         return []
-    return sorted(p.name for p in logs_root.iterdir() if p.is_dir() and not p.name.startswith(".") and not is_day_folder(p))
+    return sorted(
+        readable_path(p.name) for p in logs_root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not is_day_folder(p)
+    )
 
 
 def is_log_file(path: Path) -> bool:

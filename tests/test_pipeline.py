@@ -264,6 +264,18 @@ def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, war
     assert quarantine_rows(warehouse).sort("batch_index")["raw"][7] == json.dumps(track(messageId="m7", user_id="u7"))
 
 
+def test_a_log_file_whose_name_is_not_utf8_is_loaded_with_its_bytes_escaped_in_source_file(logs, warehouse):
+    """A Latin-1 `café.ndjson` from an old drop used to crash the day: `source_file` held a lone
+    surrogate that no Parquet string can store."""
+    write_log(logs / DAY / "good.ndjson", [track(messageId="m1")])
+    with open(os.fsencode(logs / DAY) + b"/caf\xe9.ndjson", "wb") as log_file:
+        log_file.write(b'{"event":"E","userId":"u","messageId":"m2"}\n{"event":"E"}\n')
+    summary = load_day(logs, warehouse, DAY)
+    assert summary.files == [f"{DAY}/caf\\xe9.ndjson", f"{DAY}/good.ndjson"]
+    assert sorted(tracks_rows(warehouse)["source_file"].to_list()) == [f"{DAY}/caf\\xe9.ndjson", f"{DAY}/good.ndjson"]
+    assert quarantine_rows(warehouse)["source_file"].to_list() == [f"{DAY}/caf\\xe9.ndjson"]
+
+
 def called_from_a_deep_stack(depth: int, function, *args, **kwargs):
     """As under Dagster, whose call stack is a hundred frames deep when an asset runs."""
     if depth:

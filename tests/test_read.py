@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
 
 import pytest
 
 import etl.read
-from etl.read import FileBreak, LineChunk, list_day_files, list_days, read_chunks
+from etl.read import FileBreak, LineChunk, list_day_files, list_days, read_chunks, skipped_folders
 
 LINES = [b'{"event":"A","userId":"u"}', b"", b'{"event":"B","userId":"\xc3\xa9"}', b"not json", b"  "]
 
@@ -192,6 +193,11 @@ def test_days_are_only_valid_date_folders_in_ascending_order(tmp_path):
     write(tmp_path / "2025-01-03", b"a file, not a folder")
     write(tmp_path / "2025-01-04.ndjson", b"")
     assert list_days(tmp_path) == ["2024-12-31", "2025-01-02", "2025-01-16"]
+
+
+def test_a_skipped_folder_whose_name_is_not_utf8_is_named_with_escaped_bytes(tmp_path):
+    os.mkdir(os.fsencode(tmp_path) + b"/archiv\xe9")
+    assert skipped_folders(tmp_path) == ["archiv\\xe9"]
 
 
 def test_missing_logs_root_has_no_days(tmp_path):
