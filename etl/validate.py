@@ -238,7 +238,7 @@ def parse_value_cents(value: Any) -> int | None | Invalid:
 def parse_currency(value: Any) -> str | None | Invalid:
     if value is None:
         return None
-    if isinstance(value, str) and value.upper() in ISO_4217_CODES:
+    if isinstance(value, str) and value.isascii() and value.upper() in ISO_4217_CODES:
         return value.upper()
     return INVALID
 

@@ -499,6 +499,12 @@ def test_currency_that_is_not_a_current_iso_4217_code_is_invalid_currency(curren
     assert reasons(track(properties={"currency": currency}))[0] == "invalid_currency"
 
 
+@pytest.mark.parametrize("currency", ["u\u017fd", "\u00dfp", "\u0131nr"], ids=["long s", "sharp s", "dotless i"])
+def test_a_non_ascii_look_alike_that_upper_cases_to_a_code_is_invalid_currency(currency):
+    """Python upper-cases `uſd` to `USD` and `ßp` to `SSP`: the code must be those three letters."""
+    assert reasons(track(properties={"currency": currency}))[0] == "invalid_currency"
+
+
 def test_precious_metal_x_code_is_a_currency():
     assert accepted(track(properties={"currency": "XAU"})).currency == "XAU"
 
