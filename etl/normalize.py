@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from etl.names import event_table_name, is_context_column, key_name, unique_name
+from etl.names import context_key_name, event_table_name, is_context_column, unique_name
 from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
@@ -114,7 +114,7 @@ class ContextColumns:
 
 
 def context_path_name(prefix: str, key: str) -> str:
-    return f"{prefix}_{key_name(key)}"
+    return f"{prefix}_{context_key_name(key)}"
 
 
 def context_column_name(prefix: str, key: str) -> str:

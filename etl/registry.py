@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from etl.names import is_context_column, key_name, unique_name
+from etl.names import is_context_column, snake_case, unique_name
 
 REGISTRY_FILE = "_registry.sqlite"
 MAX_PROPERTY_COLUMNS = 1000
@@ -41,10 +41,13 @@ def path_key(path: tuple[str, ...]) -> str:
 
 
 def base_column_name(path: tuple[str, ...]) -> str:
-    """`("shippingAddress", "city")` → `shipping_address_city`, prefixed where it would clash."""
+    """`("shippingAddress", "city")` → `shipping_address_city`; a key with no letter or digit
+    adds nothing to the path, and a name left empty, starting with a digit or clashing with a
+    standard column is prefixed `property_` (the contract's rule, to the letter: `{"!!!": 1}` →
+    `property_`)."""
     if len(path) == 1 and path[0] in CONVERTED_PROPERTIES:
         return path[0]
-    name = "_".join(key_name(key) for key in path)
+    name = "_".join(part for part in map(snake_case, path) if part)
     clashes = name in EVENT_STANDARD_COLUMNS or name in CONVERTED_PROPERTIES or is_context_column(name)
     if not name or name[0].isdigit() or clashes:
         name = f"property_{name}"

@@ -42,7 +42,10 @@ def registered(warehouse: Path, event: str) -> list[tuple[str, str]]:
         ("productName", "product_name"), ("productID", "product_id"), ("HTMLParser", "html_parser"),
         ("p000", "p000"), ("address2", "address2"), ("line2Text", "line2_text"),
         ("Straße Nummer", "straße_nummer"), ("--weird  key--", "weird_key"),
+        ("हिन्दी नाम", "हिन्दी_नाम"), ("e\u0301t\u00e9", "été"), ("Preis٣", "preis٣"),
+        ("x²", "x"), ("½ off", "off"), ("Ⅻ Tour", "tour"),
     ],
+    ids=repr,
 )
 def test_property_key_becomes_lower_snake_case(key, column):
     assert snake_case(key) == column
@@ -64,6 +67,11 @@ def test_property_clashing_with_a_standard_column_is_prefixed(logs, warehouse):
     assert query(warehouse, "select property_user_id, user_id from a") == [("p-user", "u1")]
 
 
+def test_a_key_with_no_letter_or_digit_adds_nothing_and_an_empty_name_is_prefixed(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"!!!": 1, "": 2, "shipping": {"??": "x"}})]})
+    assert [name for name, _ in registered(warehouse, "a")] == ["property_", "property__2", "shipping"]
+
+
 def test_two_keys_with_one_name_keep_the_first_and_number_the_next(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A", properties={"productName": "first", "product_name": "second"})]})
     assert query(warehouse, "select product_name, product_name_2 from a") == [("first", "second")]
@@ -78,6 +86,15 @@ def test_a_rerun_never_renames_a_column(logs, warehouse):
 def test_event_names_differing_in_case_or_punctuation_share_a_table(logs, warehouse):
     load(logs, warehouse, {DAY: [track("Order Completed"), track("order_completed"), track("ORDER-completed!")]})
     assert query(warehouse, "select count(*), count(distinct event_text) from order_completed") == [(3, 2 + 1)]
+
+
+def test_long_event_names_differing_only_in_case_share_a_table(logs, warehouse):
+    """A name over 120 bytes is cut and suffixed with a hash: of the name, so both texts agree."""
+    text = "Заказ оформлен через мобильное приложение после повторного входа в аккаунт"
+    load(logs, warehouse, {DAY: [track(text), track(text.upper())]})
+    tables = [p.name for p in (warehouse / "events").iterdir()]
+    assert len(tables) == 1 and len(tables[0].encode()) <= 120
+    assert query(warehouse, f'select count(*) from events."{tables[0]}"') == [(2,)]
 
 
 def test_column_type_is_fixed_by_the_first_value_and_misfits_become_discards(logs, warehouse):
