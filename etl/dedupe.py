@@ -39,6 +39,9 @@ class SeenMessageIds:
             found = found | (run.gather(at) == keys)
         return found
 
+    def contains_ids(self, message_ids: pl.Series) -> pl.Series:
+        return self.contains(id_keys(message_ids))
+
     def add(self, keys: pl.Series) -> None:
         if len(keys) == 0:
             return

@@ -246,7 +246,8 @@ def empty_tracks() -> pl.DataFrame:
 
 
 def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.DataFrame:
-    """The chunk's rejected messages, `reason` being the first of `reasons`."""
+    """The chunk's rejected messages, `reason` being the first of `reasons`; `message` explains the
+    first failure and names the others: "Missing required field: event (also: missing_identity)"."""
     frame = pl.DataFrame(
         {
             "line_number": chunk.quarantine_line,
@@ -267,7 +268,10 @@ def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.D
         "raw",
         pl.col("reasons").list.first().alias("reason"),
         "reasons",
-        "message",
+        pl.when(pl.col("reasons").list.len() > 1)
+        .then(pl.format("{} (also: {})", "message", pl.col("reasons").list.slice(1).list.join(", ")))
+        .otherwise("message")
+        .alias("message"),
         pl.lit(quarantined_at, UTC_MICROS).alias("quarantined_at"),
     ).sort("line_number", "batch_index", nulls_last=False)
 

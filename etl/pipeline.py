@@ -29,7 +29,9 @@ from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
 from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks, readable_path
-from etl.validate import OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk
+from etl.validate import (
+    ORJSON_TOO_DEEP, OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk,
+)
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
 
@@ -83,7 +85,38 @@ def duplicate_rows(chunk: ValidatedChunk, piece: LineChunk, tracks: pl.DataFrame
             batch_index,
             originals.at(line_number, batch_index),
             [("duplicate_message_id", f"messageId {message_id!r} was already accepted earlier in this partition")],
+            message_id,
         )
+
+
+def quarantined_ids(chunk: ValidatedChunk) -> pl.DataFrame:
+    """The chunk's quarantined messages that carry a `messageId`, with their provenance."""
+    return pl.DataFrame(
+        {
+            "row": range(len(chunk.quarantine_line)), "message_id": chunk.quarantine_message_id,
+            "line_number": chunk.quarantine_line, "batch_index": chunk.quarantine_batch_index,
+        },
+        schema={"row": pl.Int64, "message_id": pl.String, "line_number": pl.Int64, "batch_index": pl.Int64},
+    ).drop_nulls("message_id")
+
+
+def also_duplicates(chunk: ValidatedChunk, quarantined: pl.DataFrame, in_earlier_chunks: pl.Series, firsts: pl.DataFrame) -> None:
+    """A quarantined message whose messageId was accepted earlier (in an earlier chunk, or on an
+    earlier line or batch item of this one) fails `duplicate_message_id` too: `reasons` lists
+    every rule that fails. `firsts` are the chunk's accepted rows that are no duplicates."""
+    accepted = firsts.select(
+        "message_id", pl.col("line_number").alias("accepted_line"), pl.col("batch_index").alias("accepted_index"),
+    )
+    earlier_here = (pl.col("accepted_line") < pl.col("line_number")) | (
+        (pl.col("accepted_line") == pl.col("line_number")) & (pl.col("accepted_index") < pl.col("batch_index"))
+    )
+    rows = (
+        quarantined.with_columns(in_earlier_chunks.alias("in_earlier_chunks"))
+        .join(accepted, on="message_id", how="left")
+        .filter(pl.col("in_earlier_chunks") | earlier_here.fill_null(False))["row"]
+    )
+    for row in rows.to_list():
+        chunk.quarantine_reasons[row].append("duplicate_message_id")
 
 
 @dataclass
@@ -104,8 +137,9 @@ class PreparedChunk:
                 event: [sink.positions, [[path, *cell] for path, cell in sink.cells.items()]]
                 for event, sink in self.gathered.items()
             })
-        except TypeError:
-            make_room_for_deep_json()  # pickle recurses twice a level through deeply nested arrays
+        except TypeError as error:
+            if str(error) == ORJSON_TOO_DEEP:
+                make_room_for_deep_json()  # pickle recurses twice a level through nested arrays
             return PreparedChunk, (self.chunk, self.tracks, self.gathered)
         return PreparedChunk.from_json, (self.chunk, self.tracks, gathered)
 
@@ -175,7 +209,11 @@ def finish_chunk(
     file name, then line, wins) go to quarantine; the day's context columns are capped; the
     registry types the event tables."""
     chunk, tracks = prepared.chunk, capped_context(prepared.tracks, context_columns)
+    quarantined = quarantined_ids(chunk)
+    in_earlier_chunks = seen.contains_ids(quarantined["message_id"])
     duplicate = seen.mark_duplicates(tracks["message_id"])
+    if quarantined.height:
+        also_duplicates(chunk, quarantined, in_earlier_chunks, tracks.filter(~duplicate))
     if not duplicate.any():
         return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, prepared.gathered, registry))
     duplicate_rows(chunk, piece, tracks, duplicate)

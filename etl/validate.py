@@ -107,17 +107,18 @@ class TrackFields(NamedTuple):
 
 
 JSON_MAX_DEPTH = 1024  # orjson parses no deeper, so no parsed value nests further
+ORJSON_TOO_DEEP = "Recursion limit reached"  # orjson writes only 254 levels
 
 
-def make_room_for_deep_json() -> None:
+def make_room_for_deep_json(levels: int = JSON_MAX_DEPTH) -> None:
     """Let the standard library's JSON and pickle, which recurse once or twice a nesting level,
-    take any value orjson parsed: orjson reads 1,024 levels but writes only 254, and Python's
+    take a value `levels` deep: orjson reads 1,024 levels but writes only 254, and Python's
     default limit of 1,000 frames (fewer under Dagster's call stack) crashed the day on valid
     JSON. The limit is only ever raised, so threads never lower it under each other."""
     frame, depth = sys._getframe(), 0
     while frame is not None:
         frame, depth = frame.f_back, depth + 1
-    needed = depth + 2 * JSON_MAX_DEPTH + 100
+    needed = depth + 2 * min(levels, JSON_MAX_DEPTH) + 100
     if sys.getrecursionlimit() < needed:
         sys.setrecursionlimit(needed)
 
@@ -127,8 +128,9 @@ def dump_json(value: Any, sort_keys: bool = False) -> bytes:
     nesting past 254 levels)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
-    except TypeError:
-        make_room_for_deep_json()
+    except TypeError as error:
+        if str(error) == ORJSON_TOO_DEEP:
+            make_room_for_deep_json()
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode()
 
 
@@ -373,15 +375,6 @@ def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[
     )
 
 
-def explain(failures: list[tuple[str, str]]) -> str:
-    """One line for a human: the first failure, and how many more there were."""
-    first = failures[0][1]
-    if len(failures) == 1:
-        return first
-    others = ", ".join(code for code, _ in failures[1:])
-    return f"{first} (also: {others})"
-
-
 def _replace_each_byte(error: UnicodeDecodeError) -> tuple[str, int]:
     return "\ufffd" * (error.end - error.start), error.end
 
@@ -447,7 +440,10 @@ def empty_times() -> pl.DataFrame:
 @dataclass(slots=True)
 class ValidatedChunk:
     """What one chunk of lines became: accepted messages with provenance and typed timestamps
-    (epoch microseconds, one row per accepted message), quarantine rows, counts."""
+    (epoch microseconds, one row per accepted message), quarantine rows, counts.
+
+    A quarantine row keeps its first failure's explanation (`quarantine_frame` names the others
+    after it) and the message's own id, so a later step can still add `duplicate_message_id`."""
 
     source_file: str
     accepted: list[TrackFields]
@@ -458,6 +454,7 @@ class ValidatedChunk:
     quarantine_raw: list[str]
     quarantine_reasons: list[list[str]]
     quarantine_message: list[str]
+    quarantine_message_id: list[str | None]
     lines: int = 0
     blank_lines: int = 0
     envelopes: int = 0
@@ -466,14 +463,18 @@ class ValidatedChunk:
 
     @classmethod
     def empty(cls, source_file: str) -> "ValidatedChunk":
-        return cls(source_file, [], [], [], [], [], [], [], [])
+        return cls(source_file, [], [], [], [], [], [], [], [], [])
 
-    def reject(self, line_number: int, batch_index: int | None, raw: str, failures: list[tuple[str, str]]) -> None:
+    def reject(
+        self, line_number: int, batch_index: int | None, raw: str, failures: list[tuple[str, str]],
+        message_id: str | None = None,
+    ) -> None:
         self.quarantine_line.append(line_number)
         self.quarantine_batch_index.append(batch_index)
         self.quarantine_raw.append(raw)
         self.quarantine_reasons.append([code for code, _ in failures])
-        self.quarantine_message.append(explain(failures))
+        self.quarantine_message.append(failures[0][1])
+        self.quarantine_message_id.append(message_id)
 
     def accept(self, line_number: int, batch_index: int | None, fields: TrackFields) -> None:
         self.accepted.append(fields)
@@ -556,7 +557,7 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
             continue
         failures, fields = check_message(merge_envelope(item, envelope), size, may_have_long_array)
         if fields is None:
-            result.reject(line_number, index, item_text(index), failures)
+            result.reject(line_number, index, item_text(index), failures, identity(item.get("messageId")))
         else:
             result.accept(line_number, index, fields)
 
@@ -587,7 +588,7 @@ def parse_line(line: bytes) -> Any:
         batch = parsed.get("batch")
         items = batch if isinstance(batch, list) else [parsed]
         if any(has_huge_integer_id(item) for item in items):
-            make_room_for_deep_json()
+            make_room_for_deep_json(line.count(b"[") + line.count(b"{"))  # no deeper than it opens
             return json.loads(line)
     return parsed
 
@@ -616,7 +617,7 @@ def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None
         return
     failures, fields = check_message(parsed, len(line), line.count(b",") >= MAX_ARRAY_ITEMS)
     if fields is None:
-        result.reject(line_number, None, line.decode(), failures)
+        result.reject(line_number, None, line.decode(), failures, identity(parsed.get("messageId")))
     else:
         result.accept(line_number, None, fields)
 
@@ -643,7 +644,9 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
         failure = timestamp_failure(row_texts, exact)
         if failure:
             line_number, batch_index = result.accepted_line[row], result.accepted_batch_index[row]
-            result.reject(line_number, batch_index, originals.at(line_number, batch_index), [failure])
+            result.reject(
+                line_number, batch_index, originals.at(line_number, batch_index), [failure], result.accepted[row].message_id,
+            )
             rejected.add(row)
         else:
             settled_rows.append(row)

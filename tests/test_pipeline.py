@@ -250,6 +250,48 @@ def test_duplicate_inside_a_batch_keeps_its_exact_raw_text(logs, warehouse):
     assert quarantine_rows(warehouse).select("batch_index", "raw").rows() == [(1, '{"messageId":"x", "event":"B","userId":"u"}')]
 
 
+def test_a_quarantined_message_repeating_an_accepted_id_also_fails_duplicate_message_id(logs, warehouse):
+    """`reasons` lists every rule that fails, and a messageId already accepted earlier is one."""
+    write_log(logs / DAY / "a.ndjson", [
+        track(messageId="m1"),
+        {"userId": "u", "messageId": "m1"},
+        track(messageId="m1", timestamp="yesterday"),
+    ])
+    load_day(logs, warehouse, DAY)
+    assert quarantine_rows(warehouse).sort("line_number").select("line_number", "reasons", "message").rows() == [
+        (2, ["missing_event", "duplicate_message_id"], "Missing required field: event (also: duplicate_message_id)"),
+        (3, ["invalid_timestamp", "duplicate_message_id"],
+         "timestamp not ISO-8601 (e.g. 2024-01-15T10:30:00Z): 'yesterday' (also: duplicate_message_id)"),
+    ]
+
+
+def test_an_id_accepted_in_an_earlier_chunk_or_file_also_marks_a_quarantined_message(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(messageId="m1"), *[track(messageId=f"x{i}") for i in range(20)], {"messageId": "m1"}])
+    write_log(logs / DAY / "b.ndjson", [{"userId": "u", "messageId": "x3"}])
+    load_day(logs, warehouse, DAY, chunk_bytes=64)
+    assert quarantine_rows(warehouse).sort("source_file").select("source_file", "reasons").rows() == [
+        (f"{DAY}/a.ndjson", ["missing_event", "missing_identity", "duplicate_message_id"]),
+        (f"{DAY}/b.ndjson", ["missing_event", "duplicate_message_id"]),
+    ]
+
+
+def test_an_id_accepted_only_later_or_only_quarantined_is_no_duplicate(logs, warehouse):
+    envelope = {"batch": [{"userId": "u", "messageId": "b1"}, track(messageId="b1"), {"userId": "u", "messageId": "b1"}]}
+    write_log(logs / DAY / "a.ndjson", [
+        {"userId": "u", "messageId": "m1"}, track(messageId="m1"),
+        {"userId": "u", "messageId": "q"}, {"userId": "u", "messageId": "q"},
+        envelope,
+    ])
+    load_day(logs, warehouse, DAY)
+    assert quarantine_rows(warehouse).select("line_number", "batch_index", "reasons").rows() == [
+        (1, None, ["missing_event"]),
+        (3, None, ["missing_event"]),
+        (4, None, ["missing_event"]),
+        (5, 0, ["missing_event"]),
+        (5, 2, ["missing_event", "duplicate_message_id"]),
+    ]
+
+
 def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, warehouse, monkeypatch):
     """An SDK retry re-sends a whole batch: finding each duplicate's text must not re-tokenize the
     envelope per message (quadratic: a 4,000-message batch took two minutes)."""

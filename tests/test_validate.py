@@ -564,6 +564,9 @@ def test_all_failing_rules_are_listed_in_contract_order_and_reason_is_the_first(
     frame = quarantine_frame(result, dt.datetime(2025, 1, 15, tzinfo=dt.UTC))
     assert frame["reason"].to_list() == ["payload_too_large", "missing_event"]
     assert frame["reasons"].to_list() == expected
+    assert frame["message"][1] == (
+        "Missing required field: event (also: missing_identity, invalid_properties, invalid_timestamp)"
+    )
 
 
 def test_message_names_the_first_failure():
