@@ -318,6 +318,23 @@ def test_a_log_file_whose_name_is_not_utf8_is_loaded_with_its_bytes_escaped_in_s
     assert quarantine_rows(warehouse)["source_file"].to_list() == [f"{DAY}/caf\\xe9.ndjson"]
 
 
+def test_an_integer_past_64_bits_in_properties_or_context_keeps_its_exact_digits(logs, warehouse):
+    """orjson reads such an integer as a double; `tracks.properties` is the original properties."""
+    (logs / DAY).mkdir()
+    (logs / DAY / "a.ndjson").write_text(
+        '{"event":"E","userId":"u","messageId":"m1","context":{"order":123456789012345678901234567890},'
+        '"properties":{"order_no":123456789012345678901234567890,"n":-9223372036854775809,"batch":{"id":1}}}\n'
+    )
+    load_day(logs, warehouse, DAY)
+    row = tracks_rows(warehouse).row(0, named=True)
+    assert row["properties"] == '{"order_no":123456789012345678901234567890,"n":-9223372036854775809,"batch":{"id":1}}'
+    assert row["context_order"] == "123456789012345678901234567890"
+    discards = pl.read_parquet(partition_dir(warehouse, "discards", DAY) / "*.parquet").sort("column_name")
+    assert discards.select("column_name", "value").rows() == [
+        ("n", "-9223372036854775809"), ("order_no", "123456789012345678901234567890"),
+    ]
+
+
 def called_from_a_deep_stack(depth: int, function, *args, **kwargs):
     """As under Dagster, whose call stack is a hundred frames deep when an asset runs."""
     if depth:
