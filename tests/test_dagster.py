@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -165,3 +167,10 @@ def test_an_absurd_revenue_cannot_break_the_model_refresh(logs, warehouse):
         ("fine", Decimal("19.9900")), ("huge", None),
     ]
     assert query(warehouse, "select revenue from tracks where message_id = 'huge'") == [(1e20,)]
+
+
+def test_the_ui_instance_runs_at_most_two_days_at_once(tmp_path):
+    """A backfill from `make ui` queues its days: ten big days at once would need ~10 GB."""
+    shutil.copy(Path(__file__).parents[1] / "dagster_home" / "dagster.yaml", tmp_path)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
