@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cProfile
 import gzip
+import pstats
 import os
 import zlib
 from pathlib import Path
@@ -202,3 +204,14 @@ def test_a_skipped_folder_whose_name_is_not_utf8_is_named_with_escaped_bytes(tmp
 
 def test_missing_logs_root_has_no_days(tmp_path):
     assert list_days(tmp_path / "missing") == []
+
+
+def test_a_line_longer_than_a_chunk_is_joined_once_not_once_per_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 100)
+    long_line = b'{"batch":[' + b'{"event":"E"},' * 10_000 + b"{}]}"  # 140 KB: 1,400 blocks
+    path = write(tmp_path / "export.json", long_line + b"\nnext")
+    profile = cProfile.Profile()
+    chunks, breaks = profile.runcall(read_all, path, chunk_bytes=1_000)
+    joins = pstats.Stats(profile).stats[("~", 0, "<method 'join' of 'bytes' objects>")][1]
+    assert [line for chunk in chunks for line in chunk.lines()] == [long_line, b"next"] and breaks == []
+    assert joins <= 3
