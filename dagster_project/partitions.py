@@ -1,11 +1,14 @@
 """Daily partitions over received days, starting at the earliest day folder under the logs root.
 
 No configuration: drop last year's logs in and their days become partitions, in the CLI and
-in the UI alike. Today is included (end_offset=1) so a day still being received can be loaded.
+in the UI alike. Today is included (end_offset=1) so a day still being received can be loaded,
+and so is a folder dated after today (a sender's clock, a typo'd name): the partitions then
+run on to it, as every day folder is a partition.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import dagster as dg
@@ -17,4 +20,8 @@ FALLBACK_START = "2024-01-01"
 
 def received_days(logs_root: Path) -> dg.DailyPartitionsDefinition:
     days = list_days(logs_root)
-    return dg.DailyPartitionsDefinition(start_date=days[0] if days else FALLBACK_START, end_offset=1, timezone="UTC")
+    today = dt.datetime.now(dt.UTC).date()
+    days_after_today = (dt.date.fromisoformat(days[-1]) - today).days if days else 0
+    return dg.DailyPartitionsDefinition(
+        start_date=days[0] if days else FALLBACK_START, end_offset=max(1, days_after_today + 1), timezone="UTC",
+    )

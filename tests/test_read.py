@@ -215,3 +215,10 @@ def test_a_line_longer_than_a_chunk_is_joined_once_not_once_per_block(tmp_path, 
     joins = pstats.Stats(profile).stats[("~", 0, "<method 'join' of 'bytes' objects>")][1]
     assert [line for chunk in chunks for line in chunk.lines()] == [long_line, b"next"] and breaks == []
     assert joins <= 3
+
+
+def test_a_day_folder_outside_1900_to_2199_is_skipped_and_named(tmp_path):
+    for name in ("1899-12-31", "1900-01-01", "2199-12-31", "2200-01-01", "9999-12-31"):
+        (tmp_path / name).mkdir()
+    assert list_days(tmp_path) == ["1900-01-01", "2199-12-31"]
+    assert skipped_folders(tmp_path) == ["1899-12-31", "2200-01-01", "9999-12-31"]

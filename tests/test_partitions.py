@@ -1,0 +1,32 @@
+"""Every day folder under the logs root is a partition (CONTRACT.md section 5), a future one too."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+from conftest import track, write_log
+
+from dagster_project.assets import build_load_asset
+from dagster_project.partitions import received_days
+from dagster_project.resources import TrackhouseConfig
+from etl.write import read_manifest
+
+
+def test_partitions_start_at_the_earliest_day_folder_and_run_to_today(logs):
+    (logs / "2024-03-05").mkdir()
+    (logs / "2024-07-01").mkdir()
+    keys = received_days(logs).get_partition_keys()
+    assert keys[0] == "2024-03-05" and keys[-1] == dt.datetime.now(dt.UTC).date().isoformat()
+
+
+def test_a_day_folder_dated_after_today_is_a_partition_that_loads(logs, warehouse):
+    future = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=400)).isoformat()
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1")])
+    write_log(logs / future / "a.ndjson", [track(messageId="m2")])
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    result = dg.materialize(
+        [build_load_asset(received_days(logs))], partition_key=future, resources={"trackhouse": config},
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
+    assert result.success and read_manifest(warehouse, future)["accepted"] == 1
