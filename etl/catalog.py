@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,11 +54,26 @@ def writer_lock(warehouse: Path) -> Iterator[None]:
         yield
 
 
+def glob_literal(path: Path) -> str:
+    """`path` as a DuckDB glob that matches only itself (a warehouse `wh[1]` must not read `wh1`):
+    `*`, `?` and `[` go in brackets, DuckDB's only escape (1.0 to 2.0). DuckDB also splits a glob
+    at `\\`, which nothing escapes, so such a path is refused rather than read from elsewhere."""
+    text = str(path)
+    if "\\" in text:
+        raise ValueError(f"DuckDB reads the '\\' in {text} as a folder separator: use a warehouse path without one")
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def parquet_glob(folder: Path, pattern: str) -> str:
+    """A SQL literal for the files under `folder` (taken literally) that match `pattern`."""
+    return quote_literal(f"{glob_literal(folder.resolve())}/{pattern}")
+
+
 def parquet_source(folder: Path) -> str | None:
     """A read_parquet() over a Hive-partitioned folder, or None when it holds no Parquet yet."""
     if not any(folder.glob("received_date=*/*.parquet")):
         return None
-    pattern = quote_literal(str(folder.resolve() / "*" / "*.parquet"))
+    pattern = parquet_glob(folder, "*/*.parquet")
     return (
         f"read_parquet({pattern}, hive_partitioning = true, union_by_name = true, "
         "hive_types = {'received_date': DATE})"
@@ -81,7 +98,7 @@ def registered_columns(warehouse: Path) -> dict[str, list[Column]]:
 def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -> dict[str, set[str]]:
     """Event table → the columns its Parquet files hold, in one schema scan of every footer
     (one query, not one per table: a warehouse may have thousands of event tables)."""
-    pattern = quote_literal(str(events.resolve() / "*" / "received_date=*" / "*.parquet"))
+    pattern = parquet_glob(events, "*/received_date=*/*.parquet")
     rows = connection.execute(
         f"select distinct file_name, name from parquet_schema({pattern}) where num_children is null"
     ).fetchall()
@@ -103,26 +120,55 @@ def event_view_sql(source: str, present: set[str], properties: list[Column]) -> 
     return f"select {', '.join(selected)} from {source}"
 
 
-def event_view_name(event: str, taken: set[str]) -> str:
-    """A view named after the event, unless that name is a base table or model (then `event_<name>`)."""
-    return f"event_{event}" if event in taken else event
+def folded(name: str) -> bytes:
+    """A view name as DuckDB compares it: ASCII letters ignore case, other letters do not."""
+    return name.encode().lower()
+
+
+def event_view_names(events: list[str], taken: set[str]) -> dict[str, str]:
+    """Event table → its main-schema view name, never one `taken` (tables, models) or another
+    event's, so no view hides another. An event has its own name when no table or model has it;
+    else `event_<name>`, or `event_<name>_2`, `_3`, … when that is taken too (by a model or an
+    event's own name), given in event-name order: the same warehouse always gets the same names."""
+    used = {folded(name) for name in taken}
+    names = {}
+    for event in sorted(events):
+        if folded(event) not in used:
+            names[event] = event
+            used.add(folded(event))
+    for event in sorted(set(events) - set(names)):
+        alias, number = f"event_{event}", 1
+        while folded(alias) in used:
+            number += 1
+            alias = f"event_{event}_{number}"
+        names[event] = alias
+        used.add(folded(alias))
+    return names
 
 
 @contextlib.contextmanager
 def rebuilt_database(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to a fresh database file that replaces `warehouse.duckdb` when the block ends."""
+    """A connection to a fresh database file that replaces `warehouse.duckdb` when the block ends.
+
+    DuckDB names a database's WAL by putting `.wal` before the first `?` of its path (also after
+    resolving links), so under a folder like `wh?` it cannot commit: the file is then built in a
+    scratch folder and copied next to `warehouse.duckdb` before the swap."""
     final = warehouse / DATABASE_FILE
     temporary = warehouse / f".{DATABASE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    connection = duckdb.connect(str(temporary), config=STORAGE_COMPATIBILITY)
-    try:
-        yield connection
-        connection.execute("checkpoint")
-        connection.close()
-        os.replace(temporary, final)
-    finally:
-        connection.close()
-        temporary.unlink(missing_ok=True)
-        Path(str(temporary) + ".wal").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="trackhouse-catalog-") as scratch:
+        built = Path(scratch) / DATABASE_FILE if "?" in str(temporary.resolve()) else temporary
+        connection = duckdb.connect(str(built), config=STORAGE_COMPATIBILITY)
+        try:
+            yield connection
+            connection.execute("checkpoint")
+            connection.close()
+            if built != temporary:
+                shutil.copyfile(built, temporary)
+            os.replace(temporary, final)
+        finally:
+            connection.close()
+            temporary.unlink(missing_ok=True)
+            Path(str(temporary) + ".wal").unlink(missing_ok=True)
 
 
 def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
@@ -133,17 +179,20 @@ def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -
 def create_event_views(
     connection: duckdb.DuckDBPyConnection, warehouse: Path, taken: set[str], written: dict[str, set[str]],
 ) -> None:
-    """One view per event table: in schema `events`, and under its own name in the main schema."""
+    """One view per event table: in schema `events`, and in the main schema under the name
+    `event_view_names` gives it."""
     folder = warehouse / "events"
     if not written:
         return
     registry = registered_columns(warehouse)
     connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
-    for table in sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written):
+    tables = sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written)
+    names = event_view_names([table.name for table in tables], taken)
+    for table in tables:
         source = parquet_source(table)
         select = event_view_sql(source, written[table.name], registry.get(table.name, []))
         connection.execute(f"create or replace view {EVENTS_SCHEMA}.{quote_identifier(table.name)} as {select}")
-        connection.execute(f"create or replace view {quote_identifier(event_view_name(table.name, taken))} as {select}")
+        connection.execute(f"create or replace view {quote_identifier(names[table.name])} as {select}")
 
 
 def mart_views(warehouse: Path) -> dict[str, str]:
@@ -152,7 +201,7 @@ def mart_views(warehouse: Path) -> dict[str, str]:
     views = {}
     for mart in sorted(folder.iterdir()) if folder.is_dir() else []:
         if mart.is_dir() and not mart.name.startswith(".") and any(mart.glob("*.parquet")):
-            views[mart.name] = f"select * from read_parquet({quote_literal(str(mart.resolve() / '*.parquet'))})"
+            views[mart.name] = f"select * from read_parquet({parquet_glob(mart, '*.parquet')})"
     return views
 
 

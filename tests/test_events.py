@@ -262,6 +262,30 @@ def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse)
     assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
 
 
+def test_an_event_named_like_a_table_never_hides_the_event_whose_name_it_would_take(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("Tracks", properties={"a": 1}), track("event_tracks", properties={"b": 2})]})
+    assert query(warehouse, "select b from event_tracks") == [(2,)]
+    assert query(warehouse, "select a from event_tracks_2") == [(1,)]
+    assert query(warehouse, "select a from events.tracks") == [(1,)]
+
+
+def test_an_event_alias_never_hides_a_model_of_that_name(logs, warehouse):
+    (warehouse / "marts" / "event_tracks").mkdir(parents=True)
+    pl.DataFrame({"model": ["yes"]}).write_parquet(warehouse / "marts" / "event_tracks" / "m.parquet")
+    load(logs, warehouse, {DAY: [track("Tracks", properties={"a": 1})]})
+    assert query(warehouse, "select model from event_tracks") == [("yes",)]
+    assert query(warehouse, "select a from event_tracks_2") == [(1,)]
+
+
+def test_an_event_never_hides_a_model_whose_name_differs_only_in_case(logs, warehouse):
+    # DuckDB compares view names without ASCII case.
+    (warehouse / "marts" / "Order_Completed").mkdir(parents=True)
+    pl.DataFrame({"model": ["yes"]}).write_parquet(warehouse / "marts" / "Order_Completed" / "m.parquet")
+    load(logs, warehouse, {DAY: [track("Order Completed")]})
+    assert query(warehouse, 'select model from "Order_Completed"') == [("yes",)]
+    assert query(warehouse, "select count(*) from event_order_completed") == [(1,)]
+
+
 def test_a_quarantined_duplicate_never_names_types_or_discards_a_column(logs, warehouse):
     load(logs, warehouse, {DAY: [
         track("A", messageId="m1", properties={"n": 1}),

@@ -433,6 +433,31 @@ def test_readers_keep_the_last_complete_catalog_while_it_is_rebuilt(logs, wareho
     reader.close()
 
 
+@pytest.mark.parametrize("name", ["wh[1]", "wh*", "wh?", "wh{1,2} 'ü'"])
+def test_a_warehouse_path_with_glob_characters_reads_only_its_own_files(logs, tmp_path, name):
+    # A sibling `wh1` matches the path read as a glob; the views must still see later days.
+    write_log(logs / DAY / "a.ndjson", [track("Mine")])
+    write_log(logs / "2025-01-16" / "a.ndjson", [track("Mine")])
+    for warehouse, event in ((tmp_path / "wh1", "Theirs"), (tmp_path / name, "Mine")):
+        load_day(logs, warehouse, DAY)
+        (warehouse / "marts" / "m").mkdir(parents=True)
+        pl.DataFrame({"event": [event]}).write_parquet(warehouse / "marts" / "m" / "m.parquet")
+        refresh_catalog(warehouse)
+    load_day(logs, warehouse, "2025-01-16")
+    assert query(warehouse, "select event_text, count(*) from tracks group by 1") == [("Mine", 2)]
+    assert query(warehouse, "select count(*) from mine") == [(2,)]
+    assert query(warehouse, "select event from m") == [("Mine",)]
+
+
+def test_a_warehouse_path_with_a_backslash_is_refused_rather_than_read_elsewhere(logs, tmp_path):
+    # DuckDB splits a glob at `\`, so `wh\x` would read the warehouse `wh/x`.
+    write_log(logs / DAY / "a.ndjson", [track()])
+    load_day(logs, tmp_path / "wh" / "x", DAY)
+    load_day(logs, tmp_path / "wh\\x", DAY)
+    with pytest.raises(ValueError, match="folder separator"):
+        refresh_catalog(tmp_path / "wh\\x")
+
+
 # Each check must fail on a partition crafted to break the property it proves.
 
 
