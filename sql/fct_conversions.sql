@@ -1,5 +1,6 @@
 -- One row per event whose name is a goal's (ignoring case and surrounding space): a Drip
--- conversion, worth properties.value cents, else the goal's default.
+-- conversion, worth properties.value cents, else the goal's default. "Space" is any white space
+-- (tabs, newlines, no-break spaces), which trim() alone would keep.
 with tracks as (
     select * from stg_tracks
 ),
@@ -18,7 +19,8 @@ matched as (
         coalesce(tracks.value, goal_definitions.default_value_cents) as value_cents
     from tracks
     inner join goal_definitions
-        on lower(trim(tracks.event_text)) = lower(trim(goal_definitions.name))
+        on lower(regexp_replace(tracks.event_text, '^[\s\pZ]+|[\s\pZ]+$', '', 'g'))
+            = lower(regexp_replace(goal_definitions.name, '^[\s\pZ]+|[\s\pZ]+$', '', 'g'))
 )
 
 select

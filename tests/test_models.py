@@ -310,6 +310,18 @@ def test_fct_conversions_matches_goals_ignoring_case_and_space_with_value_and_fi
     ]
 
 
+def test_a_goal_matches_an_event_text_surrounded_by_any_white_space(logs, warehouse, tmp_path):
+    write_log(logs / "2025-01-14" / "web.ndjson", [
+        track("\tNewsletter Subscribed\n", "u-1", messageId="c-1"),
+        track("\u00a0signed up for a trial\u3000", "u-2", messageId="c-2"),
+        track("Newsletter\tSubscribed", "u-3", messageId="c-3"),   # inner white space still differs
+    ])
+    build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14"])
+    assert query(warehouse, "select message_id, goal from fct_conversions order by 1") == [
+        ("c-1", "Newsletter Subscribed"), ("c-2", "Signed up for a trial"),
+    ]
+
+
 def test_conversions_daily_counts_conversions_against_that_days_active_users(logs, warehouse, tmp_path):
     write_log(logs / "2025-01-15" / "web.ndjson", [
         track("Signed up for a trial", "u-1", messageId="d-01", timestamp="2025-01-14T09:00:00Z"),
