@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 
 from dagster_project.assets import build_load_asset
@@ -19,6 +18,7 @@ from dagster_project.models import sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
 from etl.catalog import DATABASE_FILE
+from etl.checks import reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
 from etl.write import file_lock, read_manifest
@@ -30,7 +30,8 @@ EXAMPLES = """examples:
   etl models --warehouse /srv/warehouse          refresh the SQL models only
 """
 REPORTS = ("revenue_daily", "conversions_daily")
-QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Silent: `materialize` reports a failure in one line (its traceback with TRACKHOUSE_DEBUG=1).
+QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class UsageError(Exception):
@@ -67,9 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--logs", default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
     add_warehouse_option(run)
-    one_or_range = run.add_mutually_exclusive_group()
-    one_or_range.add_argument("--date", type=iso_date, help="load only this received day, e.g. 2025-01-14")
-    one_or_range.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
+    run.add_argument("--date", type=iso_date, help="load only this received day, e.g. 2025-01-14")
+    run.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
     run.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, e.g. 2025-01-31")
     models = commands.add_parser(
         "models",
@@ -89,6 +89,8 @@ def add_warehouse_option(parser: argparse.ArgumentParser) -> None:
 
 
 def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None) -> list[str]:
+    if date and (start or end):
+        raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
     if not logs.is_dir():
         raise UsageError(f"logs folder {logs} does not exist: pass --logs DIR, a folder of YYYY-MM-DD day folders")
     available = list_days(logs)
@@ -153,20 +155,33 @@ def format_summaries(summaries: list[DaySummary]) -> str:
     return "\n".join(lines)
 
 
+def failure_cause(result: dg.ExecuteInProcessResult) -> str:
+    """The exception that failed the run, in one line (Dagster's own message only names the step);
+    with TRACKHOUSE_DEBUG set, its traceback goes to stderr too."""
+    errors = [e.event_specific_data.error for e in result.all_events if e.is_failure and getattr(e.event_specific_data, "error", None)]
+    if not errors:
+        return "see the Dagster run log"
+    if os.environ.get("TRACKHOUSE_DEBUG"):
+        print(errors[0].to_string(), file=sys.stderr)
+    cause = errors[0].cause or errors[0]
+    detail = (cause.message.strip().splitlines() or [""])[0].partition(": ")[2]
+    return f"{cause.cls_name}: {detail}" if detail else cause.cls_name
+
+
 def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: dg.DagsterInstance, what: str, day: str | None = None) -> None:
     result = dg.materialize(
         [asset], partition_key=day, resources={"trackhouse": config},
         instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False,
     )
     if not result.success:
-        failure = next((e.message for e in result.all_events if e.is_failure), "see the Dagster run log")
-        raise RuntimeError(f"{what} failed: {failure.splitlines()[0] if failure else 'see the Dagster run log'}")
+        more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
+        raise RuntimeError(f"{what} failed: {failure_cause(result)} ({more})")
 
 
 def format_reports(warehouse: Path) -> str:
-    """The two tables analysts read first, as the demo's last word."""
+    """The two tables analysts read first, as the demo's last word (read like the model checks)."""
     blocks = []
-    with duckdb.connect(str(warehouse / DATABASE_FILE), read_only=True) as connection, pl.Config(
+    with reading_marts(warehouse) as connection, pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=140,
     ):
         for model in REPORTS:

@@ -66,6 +66,7 @@ def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
                 "path": dg.MetadataValue.path(str(trackhouse.warehouse / "marts" / name)),
             },
         )
+    # refresh_models has released the writer lock; each check takes it again to read the marts.
     for check_name, (asset, severity, check) in MODEL_CHECKS.items():
         yield check_result(check_name, asset, severity, check(trackhouse.warehouse))
 

@@ -6,12 +6,15 @@ so a check catches a file that lost rows after the fact as well as a bug in the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, table_folders, writer_lock
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
@@ -33,7 +36,7 @@ def parquet_files(warehouse: Path, table: str, day: str) -> list[Path]:
 
 
 def read_files(files: list[Path]) -> str:
-    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    listing = ", ".join(quote_literal(glob_literal(f)) for f in files)
     return f"read_parquet([{listing}], union_by_name = true)"
 
 
@@ -94,8 +97,13 @@ def quarantine_rate(warehouse: Path, day: str, warn_above: float = DEFAULT_QUARA
     )
 
 
+def parquet_schema(path: Path) -> pl.Schema:
+    """The schema of one file, its name taken literally (`pl.read_parquet_schema` globs: `wh[1]`)."""
+    return pl.scan_parquet(path, glob=False).collect_schema()
+
+
 def schema_problems(path: Path, required: dict[str, pl.DataType], extra_prefix: str | None) -> list[str]:
-    actual = pl.read_parquet_schema(path)
+    actual = parquet_schema(path)
     problems = [f"{path.name}: missing {name}" for name in required if name not in actual]
     problems += [
         f"{path.name}: {name} is {actual[name]}, expected {dtype}"
@@ -163,7 +171,7 @@ def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
         for event, files in event_partition_files(warehouse, day).items():
             registered = {c.name: c.type for c in registry.columns(event).values()}
             for path in files:
-                for name, dtype in pl.read_parquet_schema(path).items():
+                for name, dtype in parquet_schema(path).items():
                     if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or is_context_column(name):
                         continue
                     kind = registered.get(name)
@@ -187,7 +195,7 @@ def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
     )
 
 
-# Model checks: run against warehouse.duckdb after a refresh, as an analyst would read it.
+# Model checks: the views of warehouse.duckdb, over the same Parquet, in an in-memory DuckDB.
 
 
 # The received days the marts were built from: a day published since (a backfill goes on while
@@ -195,8 +203,18 @@ def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
 MODELLED_DAYS = "received_date in (select distinct received_date from stg_tracks)"
 
 
+@contextlib.contextmanager
+def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
+    swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
+    with writer_lock(warehouse), duckdb.connect() as connection:
+        sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items()}
+        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | mart_views(warehouse))
+        yield connection
+
+
 def warehouse_rows(warehouse: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True) as connection:
+    with reading_marts(warehouse) as connection:
         return connection.execute(sql).fetchall()
 
 

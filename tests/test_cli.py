@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +64,8 @@ def one_line_error(capsys) -> str:
         (["--date", "2025-01-20"], "no folder"),
         (["--from", "2025-01-15", "--to", "2025-01-01"], "swap them"),
         (["--from", "2026-01-01"], "no day folders between"),
+        (["--date", "2025-01-14", "--to", "2025-01-14"], "pass --date for one day or --from/--to for a range"),
+        (["--date", "2025-01-14", "--from", "2025-01-14"], "pass --date for one day or --from/--to for a range"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(logs, warehouse, capsys, args, expected):
@@ -87,6 +91,34 @@ def test_unwritable_warehouse_exits_1(logs, tmp_path, capsys):
     blocker.write_text("a file, not a folder")
     assert run("--logs", str(logs), "--warehouse", str(blocker / "warehouse")) == 1
     assert "cannot write to warehouse" in one_line_error(capsys)
+
+
+def test_a_failed_run_prints_one_line_naming_the_cause(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    warehouse.mkdir()
+    (warehouse / "tracks").write_text("a file where the tracks folder goes")
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if not line.startswith(("loading ", "  2025-01-14: "))] == [err[-1]]
+    assert err[-1].startswith(f"etl: loading 2025-01-14 failed: FileExistsError: [Errno 17] File exists: '{warehouse / 'tracks'}'")
+
+
+HOLD_OPEN = "import duckdb, sys; connection = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
+
+
+def test_a_rerun_succeeds_while_an_analyst_holds_warehouse_duckdb_open(logs, warehouse):
+    """The DuckDB CLI opens the file read-write, which locks every other process out of it:
+    the run's checks and report must not need it."""
+    write_log(logs / "2025-01-14" / "a.ndjson", [track("Order Completed", properties={"revenue": 5})])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    analyst = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(warehouse / "warehouse.duckdb")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert analyst.stdout.readline() == "open\n"
+        assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    finally:
+        analyst.communicate("")
 
 
 def test_help_shows_examples(capsys):

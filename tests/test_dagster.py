@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import shutil
+import threading
 from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 from conftest import query, track, write_log
 
 from dagster_project.assets import build_load_asset
+from dagster_project.cli import format_reports
 from dagster_project.definitions import LOAD_JOB, build_definitions
 from dagster_project.models import sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
+from etl import checks
+from etl.catalog import writer_lock
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -91,6 +97,13 @@ def test_a_day_with_no_folder_loads_as_an_empty_partition(logs, warehouse):
     assert all(e.passed for e in result.get_asset_check_evaluations())
 
 
+def test_partition_checks_pass_in_a_warehouse_whose_path_has_glob_characters(logs, tmp_path):
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(tmp_path / "wh[1]"))
+    result = materialize_day(config, "2025-01-14")
+    assert [e.check_name for e in result.get_asset_check_evaluations() if not e.passed] == []
+
+
 def test_models_materialize_after_the_loads_with_every_model_check_passing(logs, warehouse):
     two_days(logs)
     write_log(logs / "2025-01-15" / "c.ndjson", [track("Order Completed", messageId="o1", properties={"revenue": 10, "currency": "XAU"})])
@@ -110,8 +123,6 @@ def test_models_materialize_after_the_loads_with_every_model_check_passing(logs,
 
 
 def test_revenue_check_fails_when_fct_orders_loses_an_order(logs, warehouse):
-    from etl import checks
-
     write_log(logs / "2025-01-14" / "a.ndjson", [track("Order Completed", messageId=f"o{i}", properties={"revenue": i}) for i in (1, 2)])
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
     materialize_day(config, "2025-01-14")
@@ -127,8 +138,6 @@ def test_revenue_check_fails_when_fct_orders_loses_an_order(logs, warehouse):
 def test_model_checks_hold_when_a_day_is_published_after_the_models_ran(logs, warehouse):
     # A backfill goes on while the models refresh: the new day is for the next refresh, and
     # the checks must neither call the marts wrong nor count its rows as removed duplicates.
-    from etl import checks
-
     for day in ("2025-01-14", "2025-01-15"):
         write_log(logs / day / "a.ndjson", [track("Order Completed", messageId=day, properties={"revenue": 5})])
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
@@ -137,6 +146,44 @@ def test_model_checks_hold_when_a_day_is_published_after_the_models_ran(logs, wa
     materialize_day(config, "2025-01-15")
     assert checks.orders_reconcile_with_tracks(warehouse).passed
     assert checks.cross_partition_duplicates(warehouse).metadata["duplicates_removed"] == 0
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [lambda warehouse: checks.stg_unique_message_id(warehouse).passed, lambda warehouse: "revenue_daily:" in format_reports(warehouse)],
+    ids=["model check", "etl report"],
+)
+def test_readers_of_the_marts_wait_for_a_refresh_in_progress(logs, warehouse, monkeypatch, reader):
+    """Another run's refresh swaps the marts under the writer lock: a reader that did not wait
+    could open a mart file the swap has just removed (`IO Error: Cannot open file`)."""
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    materialize_day(config, "2025-01-14")
+    dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
+    steps, settled, flock = [], threading.Event(), fcntl.flock
+
+    def flock_noting_waits(fd, operation):
+        if operation == fcntl.LOCK_EX:
+            try:
+                return flock(fd, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                steps.append("waited for the writer")
+                settled.set()
+        return flock(fd, operation)
+
+    def read():
+        try:
+            steps.append("read" if reader(warehouse) else "read wrong")
+        finally:
+            settled.set()
+
+    monkeypatch.setattr(fcntl, "flock", flock_noting_waits)
+    with writer_lock(warehouse):
+        worker = threading.Thread(target=read)
+        worker.start()
+        settled.wait()
+    worker.join()
+    assert steps == ["waited for the writer", "read"]
 
 
 def test_models_are_requested_automatically_after_a_partition_loads(logs, warehouse):
