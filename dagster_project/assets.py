@@ -10,9 +10,23 @@ from etl.pipeline import load_day
 from etl.write import partition_dir
 
 
+SHOWN_COUNTS = 50
+
+
+def largest_counts(counts: dict[str, int], limit: int = SHOWN_COUNTS) -> tuple[dict[str, int], int, int]:
+    """The `limit` largest counts (ties by name), and how many names and rows the rest hold: a day
+    with 20,000 event names (`Viewed Product 123`) must not print or store 20,000 entries."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    rest = ranked[limit:]
+    return dict(ranked[:limit]), len(rest), sum(count for _, count in rest)
+
+
 def counts_table(label: str, counts: dict[str, int]) -> str:
-    rows = "\n".join(f"| `{name}` | {count} |" for name, count in counts.items())
-    return f"| {label} | rows |\n|---|---|\n" + (rows or "| (none) | 0 |")
+    shown, more, more_rows = largest_counts(counts)
+    rows = [f"| `{name}` | {count} |" for name, count in shown.items()]
+    if more:
+        rows.append(f"| … {more} more | {more_rows} |")
+    return f"| {label} | rows |\n|---|---|\n" + ("\n".join(rows) or "| (none) | 0 |")
 
 
 def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

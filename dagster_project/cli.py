@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from dagster_project.assets import build_load_asset
+from dagster_project.assets import build_load_asset, largest_counts
 from dagster_project.models import sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
@@ -81,9 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warehouse_path(text: str) -> str:
+    """Refused before any work: the views would read `wh\\x` as `wh/x` (see etl.catalog.glob_literal)."""
+    if "\\" in text:
+        raise argparse.ArgumentTypeError(f"warehouse path {text} holds a '\\', which DuckDB reads as a folder separator: use a warehouse path without one")
+    return text
+
+
 def add_warehouse_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--warehouse", default=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
+        "--warehouse", type=warehouse_path, default=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
         help="warehouse root (default: %(default)s)",
     )
 
@@ -147,7 +154,9 @@ def format_summaries(summaries: list[DaySummary]) -> str:
             f"{s.quarantined:>13}{s.duplicates:>12}{len(s.event_rows):>14}{s.discards:>10}"
         )
         if s.event_rows:
-            lines.append("  rows by event table: " + ", ".join(f"{e} {n}" for e, n in s.event_rows.items()))
+            shown, more, more_rows = largest_counts(s.event_rows)
+            listed = ", ".join(f"{e} {n}" for e, n in shown.items())
+            lines.append(f"  rows by event table: {listed}" + (f", and {more} more tables with {more_rows}" if more else ""))
         if s.quarantined_by_reason:
             lines.append("  quarantined by reason: " + ", ".join(f"{r} {n}" for r, n in s.quarantined_by_reason.items()))
         if s.ignored_files:

@@ -35,9 +35,12 @@ def parquet_files(warehouse: Path, table: str, day: str) -> list[Path]:
     return sorted(partition_dir(warehouse, table, day).glob("*.parquet"))
 
 
+def file_list(files: list[Path]) -> str:
+    return "[" + ", ".join(quote_literal(glob_literal(f)) for f in files) + "]"
+
+
 def read_files(files: list[Path]) -> str:
-    listing = ", ".join(quote_literal(glob_literal(f)) for f in files)
-    return f"read_parquet([{listing}], union_by_name = true)"
+    return f"read_parquet({file_list(files)}, union_by_name = true)"
 
 
 def scalar(sql: str, files: list[Path]) -> int:
@@ -138,11 +141,19 @@ def event_partition_files(warehouse: Path, day: str) -> dict[str, list[Path]]:
     return {t.name: files for t in tables if (files := parquet_files(warehouse, f"events/{t.name}", day))}
 
 
+def footer_rows(files: list[Path]) -> int:
+    """Rows of Parquet files as their footers say, in one query however many files: a query per
+    event table took 16 ms each, five minutes for a day of 20,000 event names."""
+    if not files:
+        return 0
+    return duckdb.connect().execute(f"select sum(num_rows) from parquet_file_metadata({file_list(files)})").fetchone()[0]
+
+
 def event_rows_match_tracks(warehouse: Path, day: str) -> CheckOutcome:
     """Every accepted event is in exactly one event table: their rows add up to `tracks`."""
-    per_event = {event: scalar("select count(*) from {files}", files) for event, files in event_partition_files(warehouse, day).items()}
+    per_event = event_partition_files(warehouse, day)
+    total = footer_rows([path for paths in per_event.values() for path in paths])
     tracks = row_count(warehouse, "tracks", day)
-    total = sum(per_event.values())
     return CheckOutcome(
         total == tracks,
         f"{total} rows across {len(per_event)} event tables, {tracks} in tracks",

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import query, track, write_log
 
-from dagster_project.cli import dagster_instance, ensure_writable, main
+from dagster_project.assets import counts_table
+from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
+from etl.pipeline import DaySummary
 
 
 def run(*args: str) -> int:
@@ -66,6 +68,7 @@ def one_line_error(capsys) -> str:
         (["--from", "2026-01-01"], "no day folders between"),
         (["--date", "2025-01-14", "--to", "2025-01-14"], "pass --date for one day or --from/--to for a range"),
         (["--date", "2025-01-14", "--from", "2025-01-14"], "pass --date for one day or --from/--to for a range"),
+        (["--warehouse", "wh\\x"], "use a warehouse path without one"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(logs, warehouse, capsys, args, expected):
@@ -170,3 +173,13 @@ def test_runs_starting_together_on_a_new_dagster_home_all_start(tmp_path):
             home.mkdir()
             start = time.time() + (4 if trial == 0 else 0.5)  # the first trial waits for the imports
             assert pool.map(open_instance_at, [(str(home), start)] * 3) == ["ok"] * 3
+
+
+def test_the_summary_and_run_metadata_show_the_50_largest_event_tables_and_count_the_rest():
+    # A day of 60 event names: `Viewed Product 1` … as some SDKs name them.
+    rows = {f"viewed_product_{n:02d}": n for n in range(1, 61)}
+    line = next(t for t in format_summaries([DaySummary("2025-01-14", event_rows=rows)]).splitlines() if "rows by event" in t)
+    assert line.startswith("  rows by event table: viewed_product_60 60, viewed_product_59 59, ")
+    assert line.endswith("viewed_product_11 11, and 10 more tables with 55")
+    table = counts_table("event", rows).splitlines()
+    assert len(table) == 2 + 50 + 1 and table[-1] == "| … 10 more | 55 |"
