@@ -22,13 +22,12 @@ import duckdb
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
 from etl.names import is_context_column
 from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
-from etl.write import file_lock
+from etl.write import writer_lock
 
 DATABASE_FILE = "warehouse.duckdb"
 # The file holds only views, so it is written in the oldest storage format DuckDB 1.x reads:
 # analysts' CLIs and BI tools on an older DuckDB open it too.
 STORAGE_COMPATIBILITY = {"storage_compatibility_version": "v1.0.0"}
-LOCK_FILE = ".catalog.lock"
 FINGERPRINT_FILE = ".catalog.fingerprint"
 EVENTS_SCHEMA = "events"
 BASE_VIEWS = ("tracks", "quarantine", "discards")
@@ -44,14 +43,6 @@ def quote_identifier(name: str) -> str:
 
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-@contextlib.contextmanager
-def writer_lock(warehouse: Path) -> Iterator[None]:
-    """Serialize writers of the DuckDB file and the marts across processes (flock)."""
-    warehouse.mkdir(parents=True, exist_ok=True)
-    with file_lock(warehouse / LOCK_FILE):
-        yield
 
 
 def glob_literal(path: Path) -> str:

@@ -43,6 +43,19 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+WRITER_LOCK = ".catalog.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(warehouse: Path) -> Iterator[None]:
+    """One writer at a time of what spans every day: the marts, `warehouse.duckdb`, and the
+    moment a day's folders are swapped, so a model refresh or check reading all days never has a
+    day's files vanish mid-query (flock across processes)."""
+    warehouse.mkdir(parents=True, exist_ok=True)
+    with file_lock(warehouse / WRITER_LOCK):
+        yield
+
+
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:
     return warehouse / table / f"received_date={day}"
 
@@ -153,11 +166,12 @@ class PartitionWriter:
     def publish(self, retired_tables: list[str] = ()) -> None:
         """Swap every staged table in; remove this day from `retired_tables` it no longer has."""
         self.flush_all()
-        for table in self.parts:
-            swap_in(partition_dir(self.staging, table, self.day), partition_dir(self.warehouse, table, self.day))
-        for table in retired_tables:
-            if table not in self.parts:
-                shutil.rmtree(partition_dir(self.warehouse, table, self.day), ignore_errors=True)
+        with writer_lock(self.warehouse):
+            for table in self.parts:
+                swap_in(partition_dir(self.staging, table, self.day), partition_dir(self.warehouse, table, self.day))
+            for table in retired_tables:
+                if table not in self.parts:
+                    shutil.rmtree(partition_dir(self.warehouse, table, self.day), ignore_errors=True)
 
 
 def read_manifest(warehouse: Path, day: str) -> dict | None:

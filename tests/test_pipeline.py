@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import pickle
@@ -24,7 +25,8 @@ from etl.events import EventProperties
 from etl.pipeline import ChunkWorkers, PreparedChunk, load_day
 from etl.read import read_chunks
 from etl.validate import ValidatedChunk
-from etl.write import PartitionWriter, partition_dir
+from etl import write
+from etl.write import WRITER_LOCK, PartitionWriter, partition_dir
 
 DAY = "2025-01-15"
 UTC = dt.UTC
@@ -431,6 +433,26 @@ def test_readers_keep_the_last_complete_catalog_while_it_is_rebuilt(logs, wareho
     refresh_catalog(warehouse)
     assert reader.execute("select count(*) from tracks").fetchone() == (1,)
     reader.close()
+
+
+def test_a_day_is_swapped_in_under_the_warehouse_writer_lock(logs, warehouse, monkeypatch):
+    """A model refresh reads every day's files under that lock: a rerun must not swap a day's
+    files away under it (`IO Error: Cannot open file`)."""
+    write_log(logs / DAY / "a.ndjson", [track(properties={"n": 1})])
+    held, swap_in = [], write.swap_in
+
+    def swap_noting_the_lock(staged, target):
+        with open(warehouse / WRITER_LOCK, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        swap_in(staged, target)
+
+    monkeypatch.setattr(write, "swap_in", swap_noting_the_lock)
+    load_day(logs, warehouse, DAY)
+    assert len(held) >= 4 and all(held)
 
 
 @pytest.mark.parametrize("name", ["wh[1]", "wh*", "wh?", "wh{1,2} 'ü'"])
