@@ -15,7 +15,7 @@ import polars as pl
 from etl.names import is_context_column
 from etl.normalize import UTC_MICROS, json_text
 from etl.registry import CONVERTED_PROPERTIES, Column, SchemaRegistry, path_key
-from etl.validate import INVALID, TrackFields, parse_timestamp
+from etl.validate import INVALID, Invalid, TrackFields, parse_timestamp
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 POLARS_TYPES: dict[str, pl.DataType] = {
@@ -138,6 +138,15 @@ def converted_column(values: list[Any], kind: str) -> list[Any]:
     return [converted(v, kind) for v in values]
 
 
+def as_float(value: int) -> float | Invalid:
+    """An integer in a float column, past 64 bits too (2**63 is a double exactly); only one
+    beyond the double range (about 1.8e308) does not fit."""
+    try:
+        return float(value)
+    except OverflowError:
+        return INVALID
+
+
 def converted(value: Any, kind: str) -> Any:
     """The value as stored in a column of `kind`, or INVALID when it does not fit."""
     vtype = type(value)
@@ -146,7 +155,7 @@ def converted(value: Any, kind: str) -> Any:
     if kind == "int":
         return value if vtype is int and INT64_MIN <= value <= INT64_MAX else INVALID
     if kind == "float":
-        return float(value) if vtype is float or (vtype is int and INT64_MIN <= value <= INT64_MAX) else INVALID
+        return value if vtype is float else as_float(value) if vtype is int else INVALID
     if kind == "bool":
         return value if vtype is bool else INVALID
     if kind == "timestamp":

@@ -64,8 +64,10 @@ CONTAINERS = frozenset((dict, list))  # parsed JSON holds these exact types, nev
 TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at", "occurred_at")
 time_texts = operator.attrgetter(*TIME_COLUMNS)
 
+# The offset's hours and minutes are range-checked here: Python's parser reads "+05:99" as
+# +6:39 and "+00:60" as +1:00, which ISO 8601 does not allow.
 ISO_8601 = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?",
+    r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)?)?",
     re.ASCII,
 )
 DECIMAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)

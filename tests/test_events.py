@@ -134,6 +134,16 @@ def test_int_widens_to_float_and_older_partitions_read_with_it(logs, warehouse):
     assert query(warehouse, "select count(*) from discards") == [(0,)]
 
 
+def test_an_integer_past_64_bits_fits_a_float_column(logs, warehouse):
+    load(logs, warehouse, {DAY: [
+        track("A", messageId="m1", properties={"price": 2.5}),
+        track("A", messageId="m2", properties={"price": 2**63 - 1}),
+        '{"type":"track","event":"A","userId":"u1","messageId":"m3","properties":{"price":%d}}' % 2**64,
+    ]})
+    assert query(warehouse, "select message_id, price from a order by 1") == [("m1", 2.5), ("m2", 2.0**63), ("m3", 2.0**64)]
+    assert query(warehouse, "select count(*) from discards") == [(0,)]
+
+
 def test_older_partitions_read_a_newer_column_as_null(logs, warehouse):
     load(logs, warehouse, {"2025-01-14": [track("A", properties={"old": 1})], DAY: [track("A", properties={"old": 2, "new": "n"})]})
     assert query(warehouse, "select received_date, old, new from a order by 1") == [
@@ -150,6 +160,16 @@ def test_revenue_currency_and_value_appear_converted_and_never_as_discards(logs,
         ("m1", 19.99, "EUR", 2000), ("m2", 5.0, None, None),
     ]
     assert query(warehouse, "select count(*) from discards") == [(0,)]
+
+
+def test_revenue_currency_and_value_are_columns_even_past_the_column_cap(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(registry, "MAX_PROPERTY_COLUMNS", 2)
+    load(logs, warehouse, {DAY: [
+        track("Buy", properties={"a": 1, "b": 2, "c": 3}),
+        track("Buy", properties={"revenue": "19.99", "currency": "eur", "value": 5}),
+    ]})
+    assert [name for name, _ in registered(warehouse, "buy")] == ["a", "b", "revenue", "currency", "value"]
+    assert query(warehouse, "select revenue, currency, value from buy where revenue is not null") == [(19.99, "EUR", 5)]
 
 
 def test_a_rerun_removes_event_tables_the_day_no_longer_has(logs, warehouse):

@@ -411,6 +411,12 @@ TIMESTAMP_EDITS = {
 }
 
 
+@pytest.mark.parametrize("offset", ["+05:99", "+00:60", "-0360", "+24:00", "+25"])
+def test_an_offset_past_23_hours_or_59_minutes_is_not_iso_8601(offset):
+    result = validate(track(timestamp=f"2025-01-15T10:00:00{offset}"))
+    assert result.quarantine_reasons == [["invalid_timestamp"]]
+
+
 @st.composite
 def sdk_like_timestamps(draw):
     moment = draw(st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31)))
