@@ -253,14 +253,16 @@ def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.D
             "line_number": chunk.quarantine_line,
             "batch_index": chunk.quarantine_batch_index,
             "raw": chunk.quarantine_raw,
-            "reasons": chunk.quarantine_reasons,
+            # Reason codes hold no space. Polars builds a list column from Python lists at ~5 KB a
+            # row (a 4 MB file of `0` lines needed 10.5 GB, measured); split text is 40x leaner.
+            "reasons": [" ".join(codes) for codes in chunk.quarantine_reasons],
             "message": chunk.quarantine_message,
         },
         schema={
             "line_number": pl.Int64, "batch_index": pl.Int64, "raw": pl.String,
-            "reasons": pl.List(pl.String), "message": pl.String,
+            "reasons": pl.String, "message": pl.String,
         },
-    )
+    ).with_columns(pl.col("reasons").str.split(" "))
     return frame.select(
         pl.lit(chunk.source_file, pl.String).alias("source_file"),
         "line_number",

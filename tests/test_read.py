@@ -222,3 +222,14 @@ def test_a_day_folder_outside_1900_to_2199_is_skipped_and_named(tmp_path):
         (tmp_path / name).mkdir()
     assert list_days(tmp_path) == ["1900-01-01", "2199-12-31"]
     assert skipped_folders(tmp_path) == ["1899-12-31", "2200-01-01", "9999-12-31"]
+
+
+def test_a_chunk_of_tiny_lines_ends_after_about_chunk_lines_lines(tmp_path, monkeypatch):
+    # 4 MB of `0` lines were 2M quarantine rows in one chunk: 10.5 GB, measured.
+    monkeypatch.setattr(etl.read, "CHUNK_LINES", 100)
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 64)  # 32 lines a block
+    expected = [b"0"] * 1_000
+    chunks, breaks = read_all(write(tmp_path / "zeros.ndjson", b"\n".join(expected)))
+    assert breaks == [] and len(chunks) >= 8
+    assert max(len(chunk.lines()) for chunk in chunks) <= 100 + 32
+    assert_numbered_in_order(chunks, expected)
