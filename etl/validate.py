@@ -16,6 +16,7 @@ import operator
 import re
 import sys
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from types import NoneType
 from typing import Any, NamedTuple
@@ -150,8 +151,12 @@ def json_type_name(value: Any) -> str:
     return "number"
 
 
+# Line breaks that JSON text may hold raw (it escapes only C0 controls): `message` is one line.
+JSON_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def short_repr(value: Any, limit: int = 60) -> str:
-    text = dump_json(value).decode() if not isinstance(value, str) else repr(value)
+    text = dump_json(value).decode().translate(JSON_LINE_BREAKS) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -228,9 +233,13 @@ def parse_number(value: Any) -> float | None | Invalid:
 
 
 def parse_value_cents(value: Any) -> int | None | Invalid:
-    """Drip's `value`: a whole number of cents in 0 … 2,147,483,647 (integer strings too)."""
+    """Drip's `value`: a whole number of cents in 0 … 2,147,483,647 (integer strings too). A
+    string is read exactly: as a float, "20.0000000000000001" would round to a whole 20."""
     if type(value) is int:
         return value if 0 <= value <= MAX_VALUE else INVALID
+    if type(value) is str and DECIMAL_NUMBER.fullmatch(value):
+        exact = Decimal(value)
+        return int(exact) if 0 <= exact <= MAX_VALUE and exact == exact.to_integral_value() else INVALID
     number = parse_number(value)
     if number is None or number is INVALID:
         return number
@@ -668,5 +677,6 @@ def validate_break(file_break: FileBreak) -> ValidatedChunk:
     """The one quarantine row that records where a file stopped being readable."""
     result = ValidatedChunk.empty(file_break.source_file)
     message = f"File could not be read from line {file_break.line_number} on: {file_break.error}"
-    result.reject(file_break.line_number, None, decode_raw(file_break.partial_line), [("unreadable_file", message)])
+    raw = decode_raw(clean_line(file_break.partial_line))
+    result.reject(file_break.line_number, None, raw, [("unreadable_file", message)])
     return result

@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from etl.normalize import quarantine_frame
 from etl.pipeline import load_day
-from etl.read import LineChunk
-from etl.validate import INVALID, ValidatedChunk, iso_8601_micros, sdk_timestamp_micros, validate_chunk
+from etl.read import FileBreak, LineChunk
+from etl.validate import INVALID, ValidatedChunk, iso_8601_micros, sdk_timestamp_micros, validate_break, validate_chunk
 
 # The reason codes in the order the contract's table lists (and checks) them.
 CONTRACT_ORDER = (
@@ -527,7 +527,10 @@ def test_value_at_the_int32_maximum_is_accepted():
     assert accepted(track(properties={"value": 0})).value == 0
 
 
-@pytest.mark.parametrize("value", [2147483648, -1, 20.5, "20.5", "abc", True, "2147483648"], ids=repr)
+@pytest.mark.parametrize(
+    "value", [2147483648, -1, 20.5, "20.5", "abc", True, "2147483648", "20.0000000000000001", "2147483647.0000001", "1e-400"],
+    ids=repr,
+)
 def test_value_that_is_not_a_whole_number_in_range_is_invalid_value(value):
     assert reasons(track(properties={"value": value}))[0] == "invalid_value"
 
@@ -587,12 +590,12 @@ def test_message_names_the_first_failure():
      track(event="$a\nb"), track(timestamp="2025\n01"), track(properties={"occurred_at": "x\r\ny"}),
      track(properties={"revenue": "1\n2", "currency": "e\nur", "value": "\n"}),
      {"type": "x\n", "event": "\n", "userId": "\n", "properties": "\n", "sentAt": "\n"},
-     track(properties={"k\n" * 200: 1}), json.dumps(track(event="e" * 201)).replace(",", ",\t")],
+     track(properties={"k\n" * 200: 1}), json.dumps(track(event="e" * 201)).replace(",", ",\t"),
+     track(type=["x\u2028y"]), track(properties={"revenue": {"k": "x\x85y\u2029"}})],
 )
 def test_message_is_one_line(line):
     _, text, _ = quarantined_row(line)
-    assert text
-    assert "\n" not in text and "\r" not in text
+    assert len(text.splitlines()) == 1
 
 
 # --- lines: blank, BOM, CRLF, raw -----------------------------------------------------------
@@ -785,3 +788,8 @@ def test_every_line_gives_one_row_per_message_and_nothing_raises(lines, first_li
     assert result.lines == len(expected)
     assert len(result.quarantine_reasons) == len(result.quarantine_raw) == len(result.quarantine_message)
     assert all(found for found in result.quarantine_reasons)
+
+
+def test_an_unreadable_files_raw_has_no_leading_byte_order_mark():
+    result = validate_break(FileBreak("a.ndjson.gz", 3, b'\xef\xbb\xbf{"event":"b', "GzipBroken: truncated"))
+    assert result.quarantine_raw == ['{"event":"b'] and result.quarantine_reasons == [["unreadable_file"]]
