@@ -149,6 +149,14 @@ def test_batch_message_over_32kb_is_payload_too_large_on_its_own():
     assert result.accepted_batch_index == [1]
 
 
+def test_batch_message_is_measured_with_the_envelope_context_it_takes():
+    small = track(messageId="small")
+    result = validate({"context": {"big": "x" * 40_000}, "batch": [small, track(messageId="own", context={"big": "mine"})]})
+    assert result.quarantine_batch_index == [0] and result.quarantine_reasons[0][0] == "payload_too_large"
+    assert json.loads(result.quarantine_raw[0]) == small  # raw stays its own text, before the merge
+    assert result.accepted_batch_index == [1]  # its own `big` wins, so it takes nothing large
+
+
 # --- unsupported_type -----------------------------------------------------------------------
 
 
