@@ -534,7 +534,8 @@ def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
 
 
 def merge_envelope(message: dict, envelope: dict) -> dict:
-    """A batch message takes the envelope's sentAt and top-level context keys it lacks itself."""
+    """A batch message takes the envelope's sentAt and top-level context keys it lacks itself;
+    a key it has as null lacks it too (null counts as absent, as for `sentAt`)."""
     sent_at = envelope.get("sentAt")
     shared_context = envelope.get("context")
     merged = message
@@ -542,7 +543,8 @@ def merge_envelope(message: dict, envelope: dict) -> dict:
         merged = {**merged, "sentAt": sent_at}
     own_context = message.get("context")
     if isinstance(shared_context, dict) and shared_context and (own_context is None or isinstance(own_context, dict)):
-        merged = {**merged, "context": {**shared_context, **(own_context or {})}}
+        own = {key: value for key, value in (own_context or {}).items() if value is not None}
+        merged = {**merged, "context": {**shared_context, **own}}
     return merged
 
 

@@ -688,6 +688,11 @@ def test_batch_message_inherits_context_keys_it_lacks_and_its_own_win():
     ]
 
 
+def test_batch_message_with_a_null_context_key_takes_the_envelopes():
+    result = validate({"context": {"ip": "1.1.1.1"}, "batch": [track(context={"ip": None, "locale": None})]})
+    assert [f.context for f in result.accepted] == [{"ip": "1.1.1.1"}]
+
+
 def test_envelope_keys_other_than_sent_at_and_context_are_not_inherited():
     envelope = {"userId": "envelope-user", "batch": [{"event": "E"}]}
     assert validate(envelope).quarantine_reasons == [["missing_identity"]]
