@@ -142,6 +142,13 @@ def _gzip_blocks(path: Path, block_size: int) -> Iterator[bytes]:
         pending = block
         while pending:
             started = True
+            if decompressor is None:
+                # Between members: zero bytes may pad a file after a member (tape blocks), and
+                # gzip itself skips them; anything else starts the next member.
+                pending = pending.lstrip(b"\0")
+                if not pending:
+                    break
+                decompressor = zlib.decompressobj(GZIP_WBITS)
             checkpoint = decompressor.copy()
             try:
                 out = decompressor.decompress(pending, block_size)
@@ -152,14 +159,12 @@ def _gzip_blocks(path: Path, block_size: int) -> Iterator[bytes]:
             if decompressor.unconsumed_tail:
                 pending = decompressor.unconsumed_tail
             elif decompressor.eof:
-                pending = decompressor.unused_data
-                if pending:
-                    decompressor = zlib.decompressobj(GZIP_WBITS)
+                pending, decompressor = decompressor.unused_data, None
             else:
                 pending = b""
     if not started:
         raise GzipBroken("empty file, not a gzip stream")
-    if not decompressor.eof:
+    if decompressor is not None and not decompressor.eof:
         raise GzipBroken("gzip stream truncated before its end", decompressor.flush())
 
 

@@ -59,6 +59,18 @@ def test_multi_member_gzip_is_read_fully(tmp_path):
     assert lines_of(path) == [b"one", b"two", b"three", b"four"]
 
 
+@pytest.mark.parametrize("padding", [16, 600_000], ids=["16 bytes", "over two read blocks"])
+def test_zero_bytes_padding_a_gzip_file_are_skipped_as_gzip_does(tmp_path, padding):
+    zeros = b"\0" * padding
+    path = write(tmp_path / "a.jsonl.gz", gzip.compress(b"one\n") + zeros + gzip.compress(b"two\n") + zeros)
+    assert lines_of(path) == [b"one", b"two"]
+
+
+def test_a_gzip_file_of_zero_bytes_only_is_unreadable(tmp_path):
+    chunks, breaks = read_all(write(tmp_path / "a.jsonl.gz", b"\0" * 64))
+    assert chunks == [] and len(breaks) == 1 and breaks[0].line_number == 1
+
+
 def test_multi_member_gzip_without_newline_between_members_joins_the_line(tmp_path):
     path = write(tmp_path / "a.jsonl.gz", gzip.compress(b"one\ntw") + gzip.compress(b"o\nthree"))
     assert lines_of(path) == [b"one", b"two", b"three"]
