@@ -28,9 +28,10 @@ import polars as pl
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
-from etl.read import CHUNK_BYTES, FileBreak, LineChunk, list_day_files, read_chunks, readable_path
+from etl.read import CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, list_day_files, read_chunks, readable_path
 from etl.validate import (
     ORJSON_TOO_DEEP, OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk,
+    validate_long_line,
 )
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter
@@ -185,9 +186,12 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, FREED_MEMORY_KEPT)
 
 
-def prepare_chunk(piece: LineChunk | FileBreak, received_date: dt.date) -> PreparedChunk:
+VALIDATORS = {FileBreak: validate_break, LongLine: validate_long_line}
+
+
+def prepare_chunk(piece: Piece, received_date: dt.date) -> PreparedChunk:
     with collector_paused():
-        chunk = validate_break(piece) if isinstance(piece, FileBreak) else validate_chunk(piece)
+        chunk = VALIDATORS.get(type(piece), validate_chunk)(piece)
         tracks = tracks_frame(chunk, received_date)
         gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
         chunk.accepted, chunk.times = [], empty_times()
@@ -202,7 +206,7 @@ class ChunkOutput:
 
 
 def finish_chunk(
-    prepared: PreparedChunk, piece: LineChunk | FileBreak, quarantined_at: dt.datetime,
+    prepared: PreparedChunk, piece: Piece, quarantined_at: dt.datetime,
     seen: SeenMessageIds, registry: SchemaRegistry, context_columns: set[str],
 ) -> ChunkOutput:
     """The order-dependent work, in the main process and in input order: duplicates (first by
@@ -245,8 +249,8 @@ class ChunkWorkers(ProcessPoolExecutor):
 
 
 def prepared_in_order(
-    pieces: Iterator[LineChunk | FileBreak], received_date: dt.date, workers: int,
-) -> Iterator[tuple[LineChunk | FileBreak, PreparedChunk]]:
+    pieces: Iterator[Piece], received_date: dt.date, workers: int,
+) -> Iterator[tuple[Piece, PreparedChunk]]:
     """Prepare chunks on `workers` processes, yielding them in input order (so output does not
     depend on parallelism); at most two chunks per worker are in flight, bounding memory."""
     if workers <= 1:
@@ -276,13 +280,15 @@ def worker_count(files: list[Path]) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
-def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int) -> Iterator[LineChunk | FileBreak]:
+def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int) -> Iterator[Piece]:
     for path in files:
         source = relative_source(logs_root, path)
         log.info("%s: reading %s", day, source)
         for piece in read_chunks(path, source, chunk_bytes):
             if isinstance(piece, FileBreak):
                 log.warning("%s: unreadable from line %d on (%s)", source, piece.line_number, piece.error)
+            elif isinstance(piece, LongLine):
+                log.warning("%s: line %d is %d bytes, quarantined unparsed", source, piece.line_number, piece.length)
             yield piece
 
 

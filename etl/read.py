@@ -21,6 +21,10 @@ CHUNK_BYTES = 4 * 1024 * 1024  # 8 MB: 4 % less CPU, 165 MB more peak (main + 2 
 # Lines cost memory by count too (~400 bytes each as a quarantine row): 4 MB of `0` lines made
 # 2M rows in one chunk. Real chunks have ~5,000 lines; past this many, a chunk ends early.
 CHUNK_LINES = 65_536
+# No sender writes a line this long (Segment caps a batch at 500 KB, RudderStack at 4 MB), and a
+# line is held whole, at ~12x its size once decoded and framed: a 255 KB gzip of one 250 MB line
+# peaked at 3 GB. A longer line keeps only its start (see LongLine).
+MAX_LINE_BYTES = 16 * 1024 * 1024
 READ_BLOCK = 256 * 1024
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -44,6 +48,17 @@ class LineChunk:
 
     def lines(self) -> list[bytes]:
         return self.blob.split(b"\n")
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """A line over MAX_LINE_BYTES: its first MAX_LINE_BYTES bytes and its whole length. It is
+    read past, never held, so one line cannot exhaust memory."""
+
+    source_file: str
+    line_number: int
+    start: bytes
+    length: int
 
 
 @dataclass(frozen=True)
@@ -174,16 +189,21 @@ def _decoded_blocks(path: Path, block_size: int) -> Iterator[bytes]:
     return _plain_blocks(path, block_size)
 
 
-def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk | FileBreak]:
+Piece = LineChunk | LongLine | FileBreak
+
+
+def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Piece]:
     """Yield a file's complete lines in chunks of about `chunk_bytes` (or about CHUNK_LINES lines),
-    then a FileBreak if it broke.
+    a LongLine for each line over MAX_LINE_BYTES, then a FileBreak if the file broke.
 
     A chunk never splits a line. A line cut off by a break is not yielded as a line: it is the
     `partial_line` of the FileBreak, numbered as the line it would have been.
     """
     parts: list[bytes] = []
-    size = newlines = 0
+    size = newlines = tail = 0  # `tail`: bytes of the unfinished last line in `parts`
     next_line = 1
+    long_start: bytes | None = None  # the start of a LongLine being read past
+    long_length = 0
 
     def complete_lines(data: bytes) -> tuple[LineChunk | None, bytes]:
         nonlocal next_line
@@ -196,10 +216,25 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
 
     try:
         for block in _decoded_blocks(path, min(READ_BLOCK, chunk_bytes)):
+            if long_start is not None:
+                end = block.find(b"\n")
+                long_length += len(block) if end < 0 else end
+                if end < 0:
+                    continue
+                yield LongLine(source_file, next_line, long_start, long_length)
+                next_line, long_start, block = next_line + 1, None, block[end + 1 :]
             parts.append(block)
             size += len(block)
             in_block = block.count(b"\n")
             newlines += in_block
+            tail = len(block) - block.rfind(b"\n") - 1 if in_block else tail + len(block)
+            if tail > MAX_LINE_BYTES:
+                chunk, rest = complete_lines(b"".join(parts))
+                if chunk is not None:
+                    yield chunk
+                long_start, long_length = rest[:MAX_LINE_BYTES], len(rest)
+                parts, size, newlines, tail = [], 0, 0, 0
+                continue
             # Blocks are joined only when a full chunk has a line end to cut at: a line longer
             # than a chunk is gathered whole and joined once (joining it again at every block
             # took 10 s for a 94 MB one-line `.json` export, quadratic in its length).
@@ -210,10 +245,16 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
             if chunk is not None:
                 yield chunk
     except (GzipBroken, OSError) as error:
-        chunk, partial = complete_lines(b"".join(parts) + getattr(error, "tail", b""))
-        if chunk is not None:
-            yield chunk
+        if long_start is not None:
+            partial = long_start
+        else:
+            chunk, partial = complete_lines(b"".join(parts) + getattr(error, "tail", b""))
+            if chunk is not None:
+                yield chunk
         yield FileBreak(source_file, next_line, partial, f"{type(error).__name__}: {error}")
+        return
+    if long_start is not None:
+        yield LongLine(source_file, next_line, long_start, long_length)
         return
     rest = b"".join(parts)
     if rest:

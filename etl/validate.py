@@ -25,7 +25,7 @@ import orjson
 import polars as pl
 
 from etl.currencies import ISO_4217_CODES
-from etl.read import FileBreak, LineChunk
+from etl.read import MAX_LINE_BYTES, FileBreak, LineChunk, LongLine
 
 REASON_CODES = (
     "invalid_json",
@@ -677,6 +677,19 @@ def validate_chunk(chunk: LineChunk) -> ValidatedChunk:
         result.lines += 1
         validate_line(result, chunk.first_line_number + offset, line)
     settle_timestamps(result, lines, chunk.first_line_number)
+    return result
+
+
+def validate_long_line(line: LongLine) -> ValidatedChunk:
+    """One quarantine row for a line too long to hold: over 32 KB whatever it holds, and not
+    parsed; `raw` is its start, the log file (`source_file`, `line_number`) has the rest."""
+    result = ValidatedChunk.empty(line.source_file)
+    result.lines = result.messages = 1
+    message = (
+        f"Line is {line.length:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit of one line: not parsed, "
+        f"raw keeps its first {MAX_LINE_BYTES:,} bytes"
+    )
+    result.reject(line.line_number, None, decode_raw(clean_line(line.start)), [("payload_too_large", message)])
     return result
 
 

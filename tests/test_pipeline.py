@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from conftest import query, track, write_log
 
-from etl import checks, normalize, validate
+from etl import checks, normalize, read, validate
 from etl.catalog import refresh_catalog
 from etl.events import EventProperties
 from etl.pipeline import ChunkWorkers, PreparedChunk, load_day
@@ -486,6 +486,19 @@ def test_a_warehouse_path_with_a_backslash_is_refused_rather_than_read_elsewhere
 def loaded_day(logs: Path, warehouse: Path) -> None:
     write_log(logs / DAY / "a.ndjson", [track(messageId="m1"), track(messageId="m2"), "oops"])
     load_day(logs, warehouse, DAY)
+
+
+def test_a_line_over_the_line_limit_is_one_payload_too_large_row_keeping_its_start(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(read, "MAX_LINE_BYTES", 1_000)
+    monkeypatch.setattr(read, "READ_BLOCK", 100)
+    huge = json.dumps(track(properties={"x": "y" * 5_000}))
+    write_log(logs / DAY / "a.ndjson", [track(messageId="before"), huge, track(messageId="after")])
+    summary = load_day(logs, warehouse, DAY)
+    row = quarantine_rows(warehouse).row(0, named=True)
+    assert (row["line_number"], row["reasons"], row["raw"]) == (2, ["payload_too_large"], huge[:1_000])
+    assert f"Line is {len(huge):,} bytes" in row["message"]
+    assert tracks_rows(warehouse)["line_number"].to_list() == [1, 3]
+    assert (summary.lines, summary.messages) == (3, 3) and checks.conservation(warehouse, DAY).passed
 
 
 def test_conservation_check_passes_on_a_clean_load_and_fails_when_rows_go_missing(logs, warehouse):

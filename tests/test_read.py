@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import etl.read
-from etl.read import FileBreak, LineChunk, list_day_files, list_days, read_chunks, skipped_folders
+from etl.read import FileBreak, LineChunk, LongLine, list_day_files, list_days, read_chunks, skipped_folders
 
 LINES = [b'{"event":"A","userId":"u"}', b"", b'{"event":"B","userId":"\xc3\xa9"}', b"not json", b"  "]
 
@@ -245,3 +245,26 @@ def test_a_chunk_of_tiny_lines_ends_after_about_chunk_lines_lines(tmp_path, monk
     assert breaks == [] and len(chunks) >= 8
     assert max(len(chunk.lines()) for chunk in chunks) <= 100 + 32
     assert_numbered_in_order(chunks, expected)
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".ndjson.gz"])
+def test_a_line_over_the_line_limit_is_read_past_keeping_its_start_and_length(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(etl.read, "MAX_LINE_BYTES", 1_000)
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 100)
+    long_line = bytes(range(48, 58)) * 500  # 5,000 bytes
+    data = b"first\n" + long_line + b"\nthird\n" + long_line
+    path = write(tmp_path / f"a{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert list(read_chunks(path, "a")) == [
+        LineChunk("a", 1, b"first"),
+        LongLine("a", 2, long_line[:1_000], 5_000),
+        LineChunk("a", 3, b"third"),
+        LongLine("a", 4, long_line[:1_000], 5_000),
+    ]
+
+
+def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(etl.read, "MAX_LINE_BYTES", 1_000)
+    monkeypatch.setattr(etl.read, "READ_BLOCK", 100)
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"first\n", b"x" * 5_000))
+    *_, last = read_chunks(path, "a")
+    assert isinstance(last, FileBreak) and (last.line_number, last.partial_line) == (2, b"x" * 1_000)
