@@ -177,7 +177,9 @@ def failure_cause(result: dg.ExecuteInProcessResult) -> str:
     return f"{cause.cls_name}: {detail}" if detail else cause.cls_name
 
 
-def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: dg.DagsterInstance, what: str, day: str | None = None) -> None:
+def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: dg.DagsterInstance, what: str, day: str | None = None) -> list[str]:
+    """Run the asset; raise on a failed run. Each failed check is named on stderr as it comes
+    (a completed run with a failed check is no silent success); ERROR ones are returned."""
     result = dg.materialize(
         [asset], partition_key=day, resources={"trackhouse": config},
         instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False,
@@ -185,6 +187,18 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
     if not result.success:
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
         raise RuntimeError(f"{what} failed: {failure_cause(result)} ({more})")
+    errors = []
+    for check in result.get_asset_check_evaluations():
+        if not check.passed:
+            name = f"{check.check_name} ({check.asset_key.to_user_string()}{', ' + day if day else ''})"
+            print(f"check {name} failed, {check.severity.value}: {check.description}", file=sys.stderr)
+            if check.severity == dg.AssetCheckSeverity.ERROR:
+                errors.append(name)
+    return errors
+
+
+def failed_checks_error(errors: list[str]) -> RuntimeError:
+    return RuntimeError(f"{len(errors)} ERROR check(s) failed: {', '.join(errors)}; the output may be wrong, see the check lines above")
 
 
 def format_reports(warehouse: Path) -> str:
@@ -207,16 +221,18 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable(config.warehouse)
     load_asset = build_load_asset(received_days(config.logs))
     instance = dagster_instance()
-    summaries = []
+    summaries, errors = [], []
     for day in days:
         print(f"loading {day}", file=sys.stderr)
-        materialize(load_asset, config, instance, f"loading {day}", day)
+        errors += materialize(load_asset, config, instance, f"loading {day}", day)
         summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
     print("refreshing the SQL models", file=sys.stderr)
-    materialize(sql_models, config, instance, "refreshing the models")
+    errors += materialize(sql_models, config, instance, "refreshing the models")
     print(format_summaries(summaries))
     print(f"\n{format_reports(config.warehouse)}")
     print(f"\nwarehouse: {config.warehouse}  (DuckDB: {config.warehouse / DATABASE_FILE})")
+    if errors:
+        raise failed_checks_error(errors)
     return 0
 
 
@@ -224,8 +240,10 @@ def models(args: argparse.Namespace) -> int:
     config = TrackhouseConfig(warehouse_root=args.warehouse)
     if not (config.warehouse / "tracks").is_dir():
         raise UsageError(f"no tracks under {config.warehouse}: load days first with `etl run --warehouse {args.warehouse}`")
-    materialize(sql_models, config, dagster_instance(), "refreshing the models")
+    errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")
     print(format_reports(config.warehouse))
+    if errors:
+        raise failed_checks_error(errors)
     return 0
 
 

@@ -14,6 +14,7 @@ from conftest import query, track, write_log
 
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
+from etl import checks
 from etl.pipeline import DaySummary
 
 
@@ -104,6 +105,21 @@ def test_a_failed_run_prints_one_line_naming_the_cause(logs, warehouse, capsys):
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if not line.startswith(("loading ", "  2025-01-14: "))] == [err[-1]]
     assert err[-1].startswith(f"etl: loading 2025-01-14 failed: FileExistsError: [Errno 17] File exists: '{warehouse / 'tracks'}'")
+
+
+def test_a_failed_error_check_is_named_and_the_run_exits_1(logs, warehouse, capsys, monkeypatch):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    monkeypatch.setattr(checks, "conservation", lambda warehouse, day: checks.CheckOutcome(False, "5 rows missing"))
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "check conservation (tracks, 2025-01-14) failed, ERROR: 5 rows missing" in err
+    assert err[-1].startswith("etl: 1 ERROR check(s) failed: conservation (tracks, 2025-01-14)")
+
+
+def test_a_failed_warn_check_is_named_and_the_run_still_exits_0(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(), "not json"])  # half quarantined: over the 5 % warning rate
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    assert any(line.startswith("check quarantine_rate (quarantine, 2025-01-14) failed, WARN") for line in capsys.readouterr().err.splitlines())
 
 
 HOLD_OPEN = "import duckdb, sys; connection = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
