@@ -22,7 +22,7 @@ from conftest import query, track, write_log
 from etl import checks, normalize, read, validate
 from etl.catalog import refresh_catalog
 from etl.events import EventProperties
-from etl.pipeline import ChunkWorkers, PreparedChunk, load_day
+from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day
 from etl.read import read_chunks
 from etl.validate import ValidatedChunk
 from etl import write
@@ -499,6 +499,26 @@ def test_a_line_over_the_line_limit_is_one_payload_too_large_row_keeping_its_sta
     assert f"Line is {len(huge):,} bytes" in row["message"]
     assert tracks_rows(warehouse)["line_number"].to_list() == [1, 3]
     assert (summary.lines, summary.messages) == (3, 3) and checks.conservation(warehouse, DAY).passed
+
+
+def test_a_loaded_day_whose_folder_is_gone_is_refused_and_left_as_it_was(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(messageId="m1")])
+    load_day(logs, warehouse, DAY)
+    (logs / DAY / "a.ndjson").unlink()
+    (logs / DAY).rmdir()
+    with pytest.raises(MissingLogs, match=f"no folder .*{DAY}, yet the warehouse holds 1 messages"):
+        load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["message_id"].to_list() == ["m1"]
+
+
+def test_a_missing_logs_root_is_refused_rather_than_loaded_as_empty_days(tmp_path, warehouse):
+    with pytest.raises(MissingLogs, match="logs root .* does not exist"):
+        load_day(tmp_path / "mistyped", warehouse, DAY)
+    assert not (warehouse / "tracks").exists()
+
+
+def test_a_day_never_loaded_and_without_a_folder_loads_as_an_empty_partition(logs, warehouse):
+    assert load_day(logs, warehouse, DAY).messages == 0 and tracks_rows(warehouse).height == 0
 
 
 def test_conservation_check_passes_on_a_clean_load_and_fails_when_rows_go_missing(logs, warehouse):
