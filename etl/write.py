@@ -56,6 +56,13 @@ def writer_lock(warehouse: Path) -> Iterator[None]:
         yield
 
 
+def day_lock(warehouse: Path, day: str) -> contextlib.AbstractContextManager:
+    """One run of a day at a time, and its checks never reading a day another run is swapping."""
+    staging_root = warehouse / STAGING
+    staging_root.mkdir(parents=True, exist_ok=True)
+    return file_lock(staging_root / f"{day}.lock")
+
+
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:
     return warehouse / table / f"received_date={day}"
 
@@ -95,12 +102,11 @@ class PartitionWriter:
         self.warehouse = warehouse
         self.day = day
         staging_root = warehouse / STAGING
-        staging_root.mkdir(parents=True, exist_ok=True)
         # One run of a day at a time (the schedule and a backfill may both ask for it): a second
         # run waits, then replaces the first's partition whole. Only then is leftover staging
         # of the day debris, never a live run's folder.
         self.day_lock = contextlib.ExitStack()
-        self.day_lock.enter_context(file_lock(staging_root / f"{day}.lock"))
+        self.day_lock.enter_context(day_lock(warehouse, day))
         for debris in staging_root.glob(f"{day}-*"):
             shutil.rmtree(debris, ignore_errors=True)
         self.run_token = uuid.uuid4().hex[:12]

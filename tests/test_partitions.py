@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 
 import dagster as dg
 from conftest import track, write_log
@@ -10,7 +11,16 @@ from conftest import track, write_log
 from dagster_project.assets import build_load_asset
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
-from etl.write import read_manifest
+from etl import checks
+from etl.write import STAGING, read_manifest
+
+
+def load_partition(logs, warehouse, day: str) -> dg.ExecuteInProcessResult:
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    return dg.materialize(
+        [build_load_asset(received_days(logs))], partition_key=day, resources={"trackhouse": config},
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
 
 
 def test_partitions_start_at_the_earliest_day_folder_and_run_to_today(logs):
@@ -24,9 +34,23 @@ def test_a_day_folder_dated_after_today_is_a_partition_that_loads(logs, warehous
     future = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=400)).isoformat()
     write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1")])
     write_log(logs / future / "a.ndjson", [track(messageId="m2")])
-    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
-    result = dg.materialize(
-        [build_load_asset(received_days(logs))], partition_key=future, resources={"trackhouse": config},
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-    )
-    assert result.success and read_manifest(warehouse, future)["accepted"] == 1
+    assert load_partition(logs, warehouse, future).success and read_manifest(warehouse, future)["accepted"] == 1
+
+
+def test_a_days_checks_run_under_its_day_lock(logs, warehouse, monkeypatch):
+    """Two runs of a day at once: the second must not swap the day's files while the first
+    checks them (`IOException: No files found`)."""
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    conservation, held = checks.conservation, []
+
+    def conservation_noting_the_lock(warehouse, day):
+        with open(warehouse / STAGING / f"{day}.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return conservation(warehouse, day)
+
+    monkeypatch.setattr(checks, "conservation", conservation_noting_the_lock)
+    assert load_partition(logs, warehouse, "2025-01-14").success and held == [True]
