@@ -145,6 +145,8 @@ def rebuilt_database(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     resolving links), so under a folder like `wh?` it cannot commit: the file is then built in a
     scratch folder and copied next to `warehouse.duckdb` before the swap."""
     final = warehouse / DATABASE_FILE
+    for debris in warehouse.glob(f".{DATABASE_FILE}.*.tmp*"):  # a killed rebuild's (we hold the writer lock)
+        debris.unlink(missing_ok=True)
     temporary = warehouse / f".{DATABASE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
     with tempfile.TemporaryDirectory(prefix="trackhouse-catalog-") as scratch:
         built = Path(scratch) / DATABASE_FILE if "?" in str(temporary.resolve()) else temporary

@@ -123,6 +123,9 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
     staging = warehouse / MARTS / f".staging-{run_token}"
     rows: dict[str, int] = {}
     with writer_lock(warehouse):
+        # Refreshes hold the writer lock, so any other staging folder is a killed refresh's.
+        for debris in (warehouse / MARTS).glob(".staging-*"):
+            shutil.rmtree(debris, ignore_errors=True)
         staging.mkdir(parents=True)
         connection = bounded_connection(staging / ".spill")
         try:

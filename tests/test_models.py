@@ -484,3 +484,18 @@ def test_no_two_refreshes_write_a_mart_file_of_the_same_name(logs, warehouse, tm
         build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14"])
         names.append({p.name for p in (warehouse / "marts" / "fct_orders").iterdir()})
     assert len(names[0]) == 1 and not names[0] & names[1]
+
+
+def test_a_refresh_removes_what_a_killed_refresh_left(logs, warehouse, tmp_path):
+    """A refresh or catalog rebuild killed mid-way leaves its staging folder or temporary
+    database; the next one, holding the writer lock, knows no other writer can own them."""
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    load_day(logs, warehouse, "2025-01-14")
+    killed_marts = warehouse / "marts" / ".staging-0123456789ab" / "stg_tracks"
+    killed_marts.mkdir(parents=True)
+    (killed_marts / "stg_tracks-0123456789ab.parquet").write_bytes(b"half written")
+    killed_catalog = warehouse / ".warehouse.duckdb.01234567.tmp"
+    killed_catalog.write_bytes(b"half written")
+    refresh_models(warehouse, seeds_dir=write_seeds(tmp_path / "seeds"))
+    assert sorted(p.name for p in (warehouse / "marts").iterdir() if p.name.startswith(".")) == []
+    assert not killed_catalog.exists()
