@@ -7,7 +7,8 @@ so a check catches a file that lost rows after the fact as well as a bug in the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
 from etl.write import partition_dir, read_manifest
 
 DEFAULT_QUARANTINE_WARN_RATE = 0.05
+SHOWN_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,20 @@ class CheckOutcome:
     passed: bool
     description: str
     metadata: dict = field(default_factory=dict)
+
+
+def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[..., CheckOutcome]:
+    """A check that cannot read what it checks (a file missing, empty or corrupt) fails, naming the
+    error: raising would lose the results of every other check of the run."""
+
+    @functools.wraps(check)
+    def run(*args, **kwargs) -> CheckOutcome:
+        try:
+            return check(*args, **kwargs)
+        except Exception as error:  # any error is this check's failure, never the run's
+            return CheckOutcome(False, f"{type(error).__name__}: {error}", {"error": type(error).__name__})
+
+    return run
 
 
 def parquet_files(warehouse: Path, table: str, day: str) -> list[Path]:
@@ -43,21 +59,38 @@ def read_files(files: list[Path]) -> str:
     return f"read_parquet({file_list(files)}, union_by_name = true)"
 
 
-def scalar(sql: str, files: list[Path]) -> int:
+def fetch(sql: str, files: list[Path]) -> list[tuple]:
+    """Rows of `sql` over `files` (its `{files}`); none without a file, as `read_parquet([])` raises."""
     if not files:
-        return 0
-    return duckdb.connect().execute(sql.format(files=read_files(files))).fetchone()[0]
+        return []
+    return duckdb.connect().execute(sql.format(files=read_files(files))).fetchall()
+
+
+def scalar(sql: str, files: list[Path]) -> int:
+    rows = fetch(sql, files)
+    return rows[0][0] if rows else 0
 
 
 def row_count(warehouse: Path, table: str, day: str) -> int:
     return scalar("select count(*) from {files}", parquet_files(warehouse, table, day))
 
 
-def conservation(warehouse: Path, day: str) -> CheckOutcome:
-    """Every message read is one row of `tracks` or `quarantine` (plus one row per broken file)."""
+def published_manifest(warehouse: Path, day: str) -> dict:
+    """What the run counted as it wrote the day: the checks prove the files still hold it all."""
     manifest = read_manifest(warehouse, day)
     if manifest is None:
-        return CheckOutcome(False, f"no manifest for {day}: the partition was not published by a complete run")
+        raise FileNotFoundError(f"no manifest for {day}: the partition was not published by a complete run")
+    return manifest
+
+
+def verdict(missing: int, counted: str) -> str:
+    return "nothing lost" if missing == 0 else f"{missing} missing" if missing > 0 else f"{-missing} more rows than {counted}"
+
+
+@failing_instead_of_raising
+def conservation(warehouse: Path, day: str) -> CheckOutcome:
+    """Every message read is one row of `tracks` or `quarantine` (plus one row per broken file)."""
+    manifest = published_manifest(warehouse, day)
     expected = manifest["messages"] + manifest["unreadable_files"]
     accepted = row_count(warehouse, "tracks", day)
     quarantined = row_count(warehouse, "quarantine", day)
@@ -70,11 +103,11 @@ def conservation(warehouse: Path, day: str) -> CheckOutcome:
         "quarantine_rows": quarantined,
     }
     missing = expected - accepted - quarantined
-    passed = missing == 0
-    verdict = "nothing lost" if passed else f"{missing} missing" if missing > 0 else f"{-missing} more rows than messages read"
-    return CheckOutcome(passed, f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict}", metadata)
+    description = f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict(missing, 'messages read')}"
+    return CheckOutcome(missing == 0, description, metadata)
 
 
+@failing_instead_of_raising
 def unique_message_id(warehouse: Path, day: str) -> CheckOutcome:
     files = parquet_files(warehouse, "tracks", day)
     rows = scalar("select count(*) from {files}", files)
@@ -88,6 +121,7 @@ def unique_message_id(warehouse: Path, day: str) -> CheckOutcome:
     )
 
 
+@failing_instead_of_raising
 def quarantine_rate(warehouse: Path, day: str, warn_above: float = DEFAULT_QUARANTINE_WARN_RATE) -> CheckOutcome:
     accepted = row_count(warehouse, "tracks", day)
     quarantined = row_count(warehouse, "quarantine", day)
@@ -121,6 +155,7 @@ def schema_problems(path: Path, required: dict[str, pl.DataType], extra_prefix: 
     return problems
 
 
+@failing_instead_of_raising
 def schema_matches_contract(warehouse: Path, day: str) -> CheckOutcome:
     """`tracks` has the standard columns with their types (plus text `context…`); `quarantine` exactly its own."""
     tracks_required = {**TRACKS_STANDARD_SCHEMA, **TRACKS_TRAILING_SCHEMA}
@@ -131,7 +166,7 @@ def schema_matches_contract(warehouse: Path, day: str) -> CheckOutcome:
         problems += schema_problems(path, QUARANTINE_SCHEMA, None)
     if not parquet_files(warehouse, "tracks", day) or not parquet_files(warehouse, "quarantine", day):
         problems.append("tracks or quarantine has no Parquet file for this day")
-    description = "tracks and quarantine match the contract" if not problems else "; ".join(problems[:5])
+    description = "tracks and quarantine match the contract" if not problems else "; ".join(problems[:SHOWN_PROBLEMS])
     return CheckOutcome(not problems, description, {"problems": len(problems)})
 
 
@@ -141,39 +176,62 @@ def event_partition_files(warehouse: Path, day: str) -> dict[str, list[Path]]:
     return {t.name: files for t in tables if (files := parquet_files(warehouse, f"events/{t.name}", day))}
 
 
-def footer_rows(files: list[Path]) -> int:
-    """Rows of Parquet files as their footers say, in one query however many files: a query per
-    event table took 16 ms each, five minutes for a day of 20,000 event names."""
+def footer_rows_by_event(files: list[Path]) -> dict[str, int]:
+    """Rows of each event table (`events/<event>/received_date=…/file`) as the file footers say, in
+    one query however many files: a query per event table took 16 ms each, five minutes for a day
+    of 20,000 event names."""
     if not files:
-        return 0
-    return duckdb.connect().execute(f"select sum(num_rows) from parquet_file_metadata({file_list(files)})").fetchone()[0]
+        return {}
+    sql = f"select string_split(file_name, '/')[-3], sum(num_rows) from parquet_file_metadata({file_list(files)}) group by 1"
+    return dict(duckdb.connect().execute(sql).fetchall())
 
 
+@failing_instead_of_raising
 def event_rows_match_tracks(warehouse: Path, day: str) -> CheckOutcome:
-    """Every accepted event is in exactly one event table: their rows add up to `tracks`."""
+    """Every accepted event is in the table of its name, once: per event, not in total, so that a row
+    moved to another event's table fails too."""
     per_event = event_partition_files(warehouse, day)
-    total = footer_rows([path for paths in per_event.values() for path in paths])
-    tracks = row_count(warehouse, "tracks", day)
+    written = footer_rows_by_event([path for paths in per_event.values() for path in paths])
+    accepted = dict(fetch("select event, count(*) from {files} group by event", parquet_files(warehouse, "tracks", day)))
+    mismatched = sorted((e for e in written.keys() | accepted.keys() if written.get(e, 0) != accepted.get(e, 0)), key=str)
+    total, tracks = sum(written.values()), sum(accepted.values())
+    description = f"{total} rows across {len(per_event)} event tables, {tracks} in tracks"
+    if mismatched:
+        shown = ", ".join(f"{e} ({written.get(e, 0)} in its table, {accepted.get(e, 0)} in tracks)" for e in mismatched[:SHOWN_PROBLEMS])
+        description += f"; {len(mismatched)} events differ: {shown}"
     return CheckOutcome(
-        total == tracks,
-        f"{total} rows across {len(per_event)} event tables, {tracks} in tracks",
-        {"event_rows": total, "tracks_rows": tracks, "event_tables": len(per_event)},
+        not mismatched,
+        description,
+        {"event_rows": total, "tracks_rows": tracks, "event_tables": len(per_event), "mismatched_events": len(mismatched)},
     )
 
 
-def discards_point_to_messages(warehouse: Path, day: str) -> CheckOutcome:
-    """Every discarded value belongs to a message that `tracks` holds for the same day."""
-    discards = parquet_files(warehouse, "discards", day)
-    tracks = parquet_files(warehouse, "tracks", day)
-    rows = scalar("select count(*) from {files}", discards)
-    if not rows:
-        return CheckOutcome(True, "no discards", {"discards": 0, "orphans": 0})
-    orphans = duckdb.connect().execute(
+def orphan_discards(discards: list[Path], tracks: list[Path]) -> int:
+    """Discards whose message `tracks` does not hold: all of them when `tracks` has no file."""
+    if not discards or not tracks:
+        return scalar("select count(*) from {files}", discards)
+    return duckdb.connect().execute(
         f"select count(*) from {read_files(discards)} anti join {read_files(tracks)} using (message_id)"
     ).fetchone()[0]
-    return CheckOutcome(orphans == 0, f"{rows} discards, {orphans} pointing at no accepted message", {"discards": rows, "orphans": orphans})
 
 
+@failing_instead_of_raising
+def discards_point_to_messages(warehouse: Path, day: str) -> CheckOutcome:
+    """`discards` holds every value the run discarded (the manifest's count: a type conflict
+    loses nothing), each belonging to a message that `tracks` holds for the same day."""
+    expected = published_manifest(warehouse, day)["discards"]
+    discards = parquet_files(warehouse, "discards", day)
+    rows = scalar("select count(*) from {files}", discards)
+    orphans = orphan_discards(discards, parquet_files(warehouse, "tracks", day))
+    missing = expected - rows
+    return CheckOutcome(
+        missing == 0 and orphans == 0,
+        f"{expected} values discarded, {rows} in discards: {verdict(missing, 'values discarded')}; {orphans} pointing at no accepted message",
+        {"discards": rows, "discards_counted": expected, "orphans": orphans},
+    )
+
+
+@failing_instead_of_raising
 def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
     """Each property column written for the day is registered, with a type the registry allows."""
     registry = SchemaRegistry(warehouse)
@@ -191,10 +249,11 @@ def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
                         problems.append(f"{event}.{name} is {dtype} in {path.name}, registry says {kind or 'nothing'}")
     finally:
         registry.close()
-    description = "every property column matches the registry" if not problems else "; ".join(problems[:5])
+    description = "every property column matches the registry" if not problems else "; ".join(problems[:SHOWN_PROBLEMS])
     return CheckOutcome(not problems, description, {"problems": len(problems)})
 
 
+@failing_instead_of_raising
 def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
     """WARN when an event had more property paths than its table may have columns."""
     manifest = read_manifest(warehouse, day) or {}
@@ -229,17 +288,20 @@ def warehouse_rows(warehouse: Path, sql: str) -> list[tuple]:
         return connection.execute(sql).fetchall()
 
 
+@failing_instead_of_raising
 def stg_unique_message_id(warehouse: Path) -> CheckOutcome:
     rows, distinct = warehouse_rows(warehouse, "select count(*), count(distinct message_id) from stg_tracks")[0]
     return CheckOutcome(rows == distinct, f"{rows} rows, {distinct} distinct message_id", {"rows": rows, "distinct": distinct})
 
 
+@failing_instead_of_raising
 def cross_partition_duplicates(warehouse: Path) -> CheckOutcome:
     """Counts the copies of a message received on more than one day, which stg_tracks removes."""
     tracks, staged = warehouse_rows(warehouse, f"select (select count(*) from tracks where {MODELLED_DAYS}), (select count(*) from stg_tracks)")[0]
     return CheckOutcome(tracks >= staged, f"{tracks - staged} duplicates across received days removed", {"duplicates_removed": tracks - staged})
 
 
+@failing_instead_of_raising
 def orders_reconcile_with_tracks(warehouse: Path) -> CheckOutcome:
     """Revenue per currency in fct_orders equals that of the accepted events carrying revenue
     (on the days the models were built from)."""
@@ -265,6 +327,7 @@ def orders_reconcile_with_tracks(warehouse: Path) -> CheckOutcome:
     return CheckOutcome(not mismatches, description, {"mismatched_currencies": len(mismatches)})
 
 
+@failing_instead_of_raising
 def revenue_daily_matches_orders(warehouse: Path) -> CheckOutcome:
     mismatches = warehouse_rows(warehouse, """
         with expected as (
@@ -282,6 +345,7 @@ def revenue_daily_matches_orders(warehouse: Path) -> CheckOutcome:
     )
 
 
+@failing_instead_of_raising
 def conversions_match_facts(warehouse: Path) -> CheckOutcome:
     daily, facts = warehouse_rows(
         warehouse, "select (select coalesce(sum(conversions), 0) from conversions_daily), (select count(*) from fct_conversions)"
@@ -289,11 +353,13 @@ def conversions_match_facts(warehouse: Path) -> CheckOutcome:
     return CheckOutcome(daily == facts, f"{daily} conversions in conversions_daily, {facts} rows in fct_conversions", {"daily": daily, "facts": facts})
 
 
+@failing_instead_of_raising
 def conversion_rate_in_range(warehouse: Path) -> CheckOutcome:
     (outside,) = warehouse_rows(warehouse, "select count(*) from conversions_daily where not conversion_rate between 0 and 1")[0]
     return CheckOutcome(outside == 0, f"{outside} rows with conversion_rate outside [0, 1]", {"rows_outside": outside})
 
 
+@failing_instead_of_raising
 def fx_coverage(warehouse: Path) -> CheckOutcome:
     """WARN: orders whose currency had no rate on or before their date (revenue_usd is NULL)."""
     missing = warehouse_rows(

@@ -1,0 +1,68 @@
+"""The partition checks fail when a loaded day loses or misplaces rows, and never raise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import track, write_log
+
+from dagster_project.checks import PARTITION_CHECKS, partition_check_results
+from etl import checks
+from etl.pipeline import load_day
+from etl.write import partition_dir
+
+DAY = "2025-01-15"
+
+
+def loaded_day(logs: Path, warehouse: Path) -> None:
+    """Two events, one with a value that does not fit its column: every table of a day has rows."""
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId="a1", properties={"n": 1}),
+        track("A", messageId="a2", properties={"n": "x"}),
+        track("B", messageId="b1", properties={"n": 1}),
+    ])
+    load_day(logs, warehouse, DAY)
+
+
+def parts(warehouse: Path, table: str) -> list[Path]:
+    return sorted(partition_dir(warehouse, table, DAY).glob("*.parquet"))
+
+
+def test_discards_check_fails_when_discards_lose_rows_the_manifest_counted(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.discards_point_to_messages(warehouse, DAY).passed
+    for part in parts(warehouse, "discards"):
+        pl.read_parquet(part).clear().write_parquet(part)
+    outcome = checks.discards_point_to_messages(warehouse, DAY)
+    assert not outcome.passed and "1 values discarded, 0 in discards: 1 missing" in outcome.description
+
+
+def test_event_rows_check_fails_when_a_row_moves_to_another_event_table(logs, warehouse):
+    loaded_day(logs, warehouse)
+    assert checks.event_rows_match_tracks(warehouse, DAY).passed
+    (a,), (b,) = parts(warehouse, "events/a"), parts(warehouse, "events/b")
+    rows_a = pl.read_parquet(a)
+    moved = rows_a.filter(pl.col("message_id") == "a2")
+    rows_a.filter(pl.col("message_id") != "a2").write_parquet(a)
+    pl.concat([pl.read_parquet(b), moved]).write_parquet(b)
+    outcome = checks.event_rows_match_tracks(warehouse, DAY)
+    assert not outcome.passed
+    assert "a (1 in its table, 2 in tracks), b (2 in its table, 1 in tracks)" in outcome.description
+
+
+@pytest.mark.parametrize(
+    "break_tracks",
+    [lambda part: part.unlink(), lambda part: part.write_bytes(b"")],
+    ids=["no tracks file", "empty tracks file"],
+)
+def test_every_partition_check_reports_a_day_whose_tracks_file_is_gone(logs, warehouse, break_tracks):
+    loaded_day(logs, warehouse)
+    assert all(r.passed for r in partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE))
+    for part in parts(warehouse, "tracks"):
+        break_tracks(part)
+    results = list(partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE))
+    assert [r.check_name for r in results] == list(PARTITION_CHECKS)
+    failed = {r.check_name for r in results if not r.passed}
+    assert {"conservation", "schema_matches_contract", "event_rows_match_tracks", "discards_point_to_messages"} <= failed
