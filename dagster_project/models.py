@@ -16,9 +16,11 @@ from etl.models import SEEDS, SOURCES, load_models, refresh_models
 
 WRITER_POOL = "warehouse_writer"
 # Not `eager()`: that waits for every upstream partition to exist, and a warehouse of received
-# days always has gaps. Refresh when any loaded day changed, once no load is still running.
+# days always has gaps. Refresh once no load and no refresh is running, if any loaded day changed
+# since the models were last requested or updated: a load that finished while another was still
+# running (or was killed and left STARTED) must not be forgotten.
 AFTER_ANY_LOAD = (
-    dg.AutomationCondition.any_deps_updated()
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 )

@@ -49,9 +49,26 @@ def test_daily_schedule_asks_for_yesterdays_partition(logs, warehouse):
     two_days(logs)
     defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
     schedule = defs.resolve_schedule_def("daily_load")
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2025, 1, 16, 1, 30, tzinfo=dt.UTC))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2025, 1, 16, 1, 30, tzinfo=dt.UTC), repository_def=defs.get_repository_def(),
+    )
     request = schedule(context)
     assert request.partition_key == "2025-01-15"
+
+
+@pytest.mark.parametrize("days_after_today", [0, 3], ids=["earliest folder is today", "only a folder after today"])
+def test_daily_schedule_skips_when_yesterday_is_not_a_partition(logs, warehouse, days_after_today):
+    today = dt.datetime.now(dt.UTC).date()
+    first_folder = (today + dt.timedelta(days=days_after_today)).isoformat()
+    write_log(logs / first_folder / "a.ndjson", [track(messageId="m1")])
+    defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime.combine(today, dt.time(1, 30), dt.UTC), repository_def=defs.get_repository_def(),
+    )
+    tick = defs.resolve_schedule_def("daily_load").evaluate_tick(context)
+    assert tick.run_requests == []
+    yesterday = (today - dt.timedelta(days=1)).isoformat()
+    assert tick.skip_message.startswith(f"{yesterday} is not a partition: partitions start at {first_folder}")
 
 
 def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
@@ -200,6 +217,30 @@ def test_models_are_requested_automatically_after_a_partition_loads(logs, wareho
         assert after_load.get_num_requested(dg.AssetKey(model)) == 1
 
 
+def test_models_are_requested_once_after_a_load_that_finished_while_another_was_in_progress(logs, warehouse):
+    """The other load may be a long day or a killed run left STARTED until run monitoring fails it:
+    the finished load must still refresh the models once nothing is in progress."""
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    in_progress = instance.create_run_for_job(
+        defs.resolve_job_def(LOAD_JOB), tags={"dagster/partition": "2025-01-15"}, status=dg.DagsterRunStatus.STARTED,
+    )
+    asset = build_load_asset(received_days(config.logs))
+    dg.materialize([asset], partition_key="2025-01-14", resources={"trackhouse": config}, instance=instance, run_config=QUIET)
+    requested = []
+    for _ in range(2):
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        requested.append(tick.get_num_requested(dg.AssetKey("stg_tracks")))
+    instance.report_run_failed(in_progress)
+    for _ in range(2):
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        requested.append(tick.get_num_requested(dg.AssetKey("stg_tracks")))
+    assert requested == [0, 0, 1, 0]
+
+
 def test_an_absurd_revenue_cannot_break_the_model_refresh(logs, warehouse):
     write_log(logs / "2025-01-14" / "a.ndjson", [
         track("Order Completed", messageId="huge", properties={"revenue": 1e20}),
@@ -216,8 +257,10 @@ def test_an_absurd_revenue_cannot_break_the_model_refresh(logs, warehouse):
     assert query(warehouse, "select revenue from tracks where message_id = 'huge'") == [(1e20,)]
 
 
-def test_the_ui_instance_runs_at_most_two_days_at_once(tmp_path):
-    """A backfill from `make ui` queues its days: ten big days at once would need ~10 GB."""
+def test_the_ui_instance_runs_at_most_two_days_at_once_and_fails_runs_left_started(tmp_path):
+    """A backfill from `make ui` queues its days: ten big days at once would need ~10 GB. A killed
+    run must not stay STARTED: the models wait while any load is in progress."""
     shutil.copy(Path(__file__).parents[1] / "dagster_home" / "dagster.yaml", tmp_path)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_runtime_seconds == 3 * 60 * 60
