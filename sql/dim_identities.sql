@@ -21,7 +21,7 @@ stitched as (
     where anonymous_id is not null and user_id is not null
     qualify row_number() over (
         partition by anonymous_id
-        order by timestamp desc nulls last, message_id desc
+        order by timestamp desc nulls first, message_id desc
     ) = 1
 )
 

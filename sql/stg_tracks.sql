@@ -42,7 +42,7 @@ last_user_per_anonymous_id as (
     from identified
     qualify row_number() over (
         partition by anonymous_id
-        order by timestamp desc nulls last, message_id desc
+        order by timestamp desc nulls first, message_id desc
     ) = 1
 )
 

@@ -179,6 +179,18 @@ def test_identity_stitching_gives_each_event_a_user_key(logs, warehouse, tmp_pat
     ]
 
 
+def test_last_seen_orders_by_timestamp_nulls_last_so_a_user_seen_without_one_is_the_last(logs, warehouse, tmp_path):
+    # CONTRACT 4: "last seen" orders by timestamp (NULL last), then message_id: the last in that order.
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("Signed In", "A", anonymousId="a-x", messageId="m-1", timestamp="2025-01-14T10:00:00Z"),
+        track("Signed In", "B", anonymousId="a-x", messageId="m-2"),  # no timestamp of any kind
+        track("Page Viewed", None, anonymousId="a-x", messageId="m-3", timestamp="2025-01-14T11:00:00Z"),
+    ])
+    build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14"])
+    assert query(warehouse, "select user_key from stg_tracks where message_id = 'm-3'") == [("B",)]
+    assert query(warehouse, "select user_id from dim_identities where anonymous_id = 'a-x'") == [("B",)]
+
+
 def test_dim_identities_has_one_row_per_anonymous_id_with_its_user_and_first_and_last_seen(logs, warehouse, tmp_path):
     write_identity_logs(logs)
     build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14", "2025-01-15"])
