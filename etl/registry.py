@@ -113,7 +113,7 @@ class SchemaRegistry:
             for key, (path, kind) in proposals.items():
                 existing = current.get(key)
                 if existing is None:
-                    # revenue, currency and value are never capped: an event table always has them.
+                    # revenue, currency and value are never capped: the contract says they appear in the event table.
                     if len(current) >= MAX_PROPERTY_COLUMNS and (len(path) != 1 or path[0] not in CONVERTED_PROPERTIES):
                         continue
                     name = unique_name(base_column_name(path), taken)
