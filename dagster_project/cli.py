@@ -95,6 +95,14 @@ def add_warehouse_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def configured(**options: str) -> TrackhouseConfig:
+    """The options over the environment's TRACKHOUSE_* settings, as the Dagster definitions read them."""
+    try:
+        return TrackhouseConfig.from_env(**options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None) -> list[str]:
     if date and (start or end):
         raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
@@ -214,7 +222,7 @@ def format_reports(warehouse: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TrackhouseConfig(logs_root=args.logs, warehouse_root=args.warehouse)
+    config = configured(logs_root=args.logs, warehouse_root=args.warehouse)
     days = chosen_days(config.logs, args.date, args.start, args.end)
     for folder in skipped_folders(config.logs):
         print(f"skipped {folder}/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)", file=sys.stderr)
@@ -237,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
-    config = TrackhouseConfig(warehouse_root=args.warehouse)
+    config = configured(warehouse_root=args.warehouse)
     if not (config.warehouse / "tracks").is_dir():
         raise UsageError(f"no tracks under {config.warehouse}: load days first with `etl run --warehouse {args.warehouse}`")
     errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")

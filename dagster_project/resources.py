@@ -29,9 +29,16 @@ class TrackhouseConfig(dg.ConfigurableResource):
         return Path(self.warehouse_root).resolve()
 
     @classmethod
-    def from_env(cls) -> "TrackhouseConfig":
-        return cls(
-            logs_root=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS),
-            warehouse_root=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
-            quarantine_warn_rate=float(os.environ.get("TRACKHOUSE_QUARANTINE_WARN_RATE", DEFAULT_QUARANTINE_WARN_RATE)),
-        )
+    def from_env(cls, **overrides: str) -> "TrackhouseConfig":
+        """The environment's settings, with `overrides` (the CLI's options) taking precedence."""
+        rate = os.environ.get("TRACKHOUSE_QUARANTINE_WARN_RATE", str(DEFAULT_QUARANTINE_WARN_RATE))
+        try:
+            warn_rate = float(rate)
+        except ValueError:
+            raise ValueError(f"TRACKHOUSE_QUARANTINE_WARN_RATE={rate!r} is not a number: set a fraction such as 0.05") from None
+        settings = {
+            "logs_root": os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS),
+            "warehouse_root": os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
+            "quarantine_warn_rate": warn_rate,
+        }
+        return cls(**{**settings, **overrides})

@@ -199,3 +199,13 @@ def test_the_summary_and_run_metadata_show_the_50_largest_event_tables_and_count
     assert line.endswith("viewed_product_11 11, and 10 more tables with 55")
     table = counts_table("event", rows).splitlines()
     assert len(table) == 2 + 50 + 1 and table[-1] == "| … 10 more | 55 |"
+
+
+def test_the_quarantine_warning_rate_comes_from_the_environment_as_in_dagster(logs, warehouse, capsys, monkeypatch):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(), "not json"])  # half quarantined
+    monkeypatch.setenv("TRACKHOUSE_QUARANTINE_WARN_RATE", "0.6")
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    assert not any("quarantine_rate" in line for line in capsys.readouterr().err.splitlines())
+    monkeypatch.setenv("TRACKHOUSE_QUARANTINE_WARN_RATE", "five percent")
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
+    assert "is not a number: set a fraction such as 0.05" in one_line_error(capsys)
