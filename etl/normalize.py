@@ -248,6 +248,8 @@ def empty_tracks() -> pl.DataFrame:
 def quarantine_frame(chunk: ValidatedChunk, quarantined_at: dt.datetime) -> pl.DataFrame:
     """The chunk's rejected messages, `reason` being the first of `reasons`; `message` explains the
     first failure and names the others: "Missing required field: event (also: missing_identity)"."""
+    if not chunk.quarantine_line:
+        return empty_quarantine()
     frame = pl.DataFrame(
         {
             "line_number": chunk.quarantine_line,

@@ -213,10 +213,12 @@ def finish_chunk(
     file name, then line, wins) go to quarantine; the day's context columns are capped; the
     registry types the event tables."""
     chunk, tracks = prepared.chunk, capped_context(prepared.tracks, context_columns)
-    quarantined = quarantined_ids(chunk)
-    in_earlier_chunks = seen.contains_ids(quarantined["message_id"])
+    # Most chunks quarantine nothing: their Polars calls here cost a few ms a chunk, paid per file
+    # by a day of thousands of one-line files.
+    quarantined = quarantined_ids(chunk) if chunk.quarantine_line else None
+    in_earlier_chunks = seen.contains_ids(quarantined["message_id"]) if quarantined is not None else None
     duplicate = seen.mark_duplicates(tracks["message_id"])
-    if quarantined.height:
+    if quarantined is not None and quarantined.height:
         also_duplicates(chunk, quarantined, in_earlier_chunks, tracks.filter(~duplicate))
     if not duplicate.any():
         return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, prepared.gathered, registry))
