@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from etl.normalize import quarantine_frame
 from etl.pipeline import load_day
 from etl.read import FileBreak, LineChunk
+from etl import validate as validate_module
 from etl.validate import INVALID, ValidatedChunk, iso_8601_micros, sdk_timestamp_micros, validate_break, validate_chunk
 
 # The reason codes in the order the contract's table lists (and checks) them.
@@ -449,6 +450,22 @@ def test_timestamps_are_typed_or_quarantined_as_the_exact_parser_says(value):
         assert result.quarantine_message[0].startswith("timestamp, properties.occurred_at not ISO-8601")
     else:
         assert result.times.select("timestamp", "occurred_at").row(0) == (exact, exact)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(sdk_like_timestamps(), min_size=validate_module.VECTORIZED_FROM, max_size=validate_module.VECTORIZED_FROM + 40))
+def test_a_large_chunk_settles_timestamps_as_a_small_one_does(values):
+    """Chunks of VECTORIZED_FROM messages or more take the vectorized pass, smaller ones the exact
+    parser alone: the same messages must come out the same either way."""
+    lines = [track(messageId=f"m{n}", timestamp=value, sentAt=value) for n, value in enumerate(values)]
+    vectorized = validate(*lines)
+    original, validate_module.VECTORIZED_FROM = validate_module.VECTORIZED_FROM, len(values) + 1
+    try:
+        exact = validate(*lines)
+    finally:
+        validate_module.VECTORIZED_FROM = original
+    assert vectorized.times.equals(exact.times) and vectorized.accepted_line == exact.accepted_line
+    assert (vectorized.quarantine_line, vectorized.quarantine_message) == (exact.quarantine_line, exact.quarantine_message)
 
 
 @settings(max_examples=300)
