@@ -17,7 +17,7 @@ from dagster_project.assets import build_load_asset, largest_counts
 from dagster_project.models import sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
-from etl.catalog import DATABASE_FILE
+from etl.catalog import DATABASE_FILE, glob_literal
 from etl.checks import reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def warehouse_path(text: str) -> str:
-    """Refused before any work: the views would read `wh\\x` as `wh/x` (see etl.catalog.glob_literal)."""
-    if "\\" in text:
-        raise argparse.ArgumentTypeError(f"warehouse path {text} holds a '\\', which DuckDB reads as a folder separator: use a warehouse path without one")
+    """A path the catalog's views can glob (`glob_literal` refuses `wh\\x`), refused before any work."""
+    try:
+        glob_literal(Path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 

@@ -40,12 +40,17 @@ def path_key(path: tuple[str, ...]) -> str:
     return orjson.dumps(path).decode()
 
 
+def is_converted(path: tuple[str, ...]) -> bool:
+    """`properties.revenue`, `.currency` or `.value`: typed as `tracks` has them."""
+    return len(path) == 1 and path[0] in CONVERTED_PROPERTIES
+
+
 def base_column_name(path: tuple[str, ...]) -> str:
     """`("shippingAddress", "city")` → `shipping_address_city`; a key with no letter or digit
     adds nothing to the path, and a name left empty, starting with a digit or clashing with a
     standard column is prefixed `property_` (the contract's rule, to the letter: `{"!!!": 1}` →
     `property_`)."""
-    if len(path) == 1 and path[0] in CONVERTED_PROPERTIES:
+    if is_converted(path):
         return path[0]
     name = "_".join(part for part in map(snake_case, path) if part)
     clashes = name in EVENT_STANDARD_COLUMNS or name in CONVERTED_PROPERTIES or is_context_column(name)
@@ -114,7 +119,7 @@ class SchemaRegistry:
                 existing = current.get(key)
                 if existing is None:
                     # revenue, currency and value are never capped: the contract says they appear in the event table.
-                    if len(current) >= MAX_PROPERTY_COLUMNS and (len(path) != 1 or path[0] not in CONVERTED_PROPERTIES):
+                    if len(current) >= MAX_PROPERTY_COLUMNS and not is_converted(path):
                         continue
                     name = unique_name(base_column_name(path), taken)
                     position = len(current)
