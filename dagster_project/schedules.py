@@ -15,11 +15,11 @@ def build_daily_schedule(job) -> dg.ScheduleDefinition:
         is today, or dated after today): requesting it would fail the tick with an unknown partition."""
         scheduled = context.scheduled_execution_time
         yesterday = (scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
-        days = context.repository_def.get_job(job.name).partitions_def.get_partition_keys(current_time=scheduled)
-        if yesterday not in days:
+        partitions = context.repository_def.get_job(job.name).partitions_def
+        if not partitions.has_partition_key(yesterday):
             return dg.SkipReason(
-                f"{yesterday} is not a partition: partitions start at {days[0]}, the earliest day folder"
-                " under the logs root; nothing to load yet (rename that folder if its date is wrong)"
+                f"{yesterday} is not a partition: partitions start at {partitions.get_first_partition_key()},"
+                " the earliest day folder under the logs root; nothing to load yet (rename that folder if its date is wrong)"
             )
         return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
 
