@@ -5,9 +5,16 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import orjson
 import pytest
+
+from dagster_project.assets import build_load_asset
+from dagster_project.partitions import received_days
+from dagster_project.resources import TrackhouseConfig
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def line(value) -> bytes:
@@ -37,6 +44,12 @@ def query(warehouse: Path, sql: str) -> list[tuple]:
     """Run SQL against warehouse.duckdb, read-only, as an analyst would."""
     with duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True) as connection:
         return connection.execute(sql).fetchall()
+
+
+def materialize_day(config: TrackhouseConfig, day: str) -> dg.ExecuteInProcessResult:
+    """The real partition asset, run for one received day with Dagster's console quiet."""
+    asset = build_load_asset(received_days(config.logs))
+    return dg.materialize([asset], partition_key=day, resources={"trackhouse": config}, run_config=QUIET)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from conftest import query, track, write_log
+from conftest import QUIET, materialize_day, query, track, write_log
 
 from dagster_project.assets import build_load_asset
 from dagster_project.cli import format_reports
@@ -23,17 +23,9 @@ from dagster_project.resources import TrackhouseConfig
 from etl import checks
 from etl.catalog import writer_lock
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
 def two_days(logs):
     write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1"), track("Order Completed", messageId="m2")])
     write_log(logs / "2025-01-15" / "b.ndjson.gz", [track(messageId="m3"), "garbage", ""])
-
-
-def materialize_day(config: TrackhouseConfig, day: str) -> dg.ExecuteInProcessResult:
-    asset = build_load_asset(received_days(config.logs))
-    return dg.materialize([asset], partition_key=day, resources={"trackhouse": config}, run_config=QUIET)
 
 
 def test_definitions_load_with_a_job_schedule_and_partitions_from_the_folders(logs, warehouse):

@@ -5,22 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 
-import dagster as dg
-from conftest import track, write_log
+from conftest import materialize_day, track, write_log
 
-from dagster_project.assets import build_load_asset
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
 from etl.write import STAGING, read_manifest
 
 
-def load_partition(logs, warehouse, day: str) -> dg.ExecuteInProcessResult:
-    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
-    return dg.materialize(
-        [build_load_asset(received_days(logs))], partition_key=day, resources={"trackhouse": config},
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-    )
+def load_partition(logs, warehouse, day: str):
+    return materialize_day(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)), day)
 
 
 def test_partitions_start_at_the_earliest_day_folder_and_run_to_today(logs):
