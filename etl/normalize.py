@@ -7,12 +7,14 @@ typing, skew correction, dates, names and defaults are Polars expressions.
 from __future__ import annotations
 
 import datetime as dt
+from itertools import accumulate
 from typing import Any
 
 import orjson
 import polars as pl
 
 from etl.names import context_key_name, event_table_name, is_context_column, unique_name
+from etl.read import LineChunk, Piece
 from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
@@ -239,6 +241,19 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
         "batch_index",
     )
     return standard.hstack([*context_columns(contexts), *trailing.get_columns()])
+
+
+def located(frame: pl.DataFrame, chunk: Piece) -> pl.DataFrame:
+    """Rows of a joined chunk, whose line numbers count on across its files, given their own
+    `source_file` and `line_number` back."""
+    if not isinstance(chunk, LineChunk) or not chunk.files or frame.is_empty():
+        return frame
+    starts = pl.Series(list(accumulate((f.lines for f in chunk.files[:-1]), initial=chunk.first_line_number)))
+    file = starts.search_sorted(frame["line_number"], side="right") - 1
+    return frame.with_columns(
+        pl.Series("source_file", [f.source_file for f in chunk.files], pl.String).gather(file),
+        frame["line_number"] - starts.gather(file) + pl.Series([f.first_line_number for f in chunk.files]).gather(file),
+    )
 
 
 def empty_tracks() -> pl.DataFrame:

@@ -27,8 +27,10 @@ import polars as pl
 
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
-from etl.normalize import capped_context, empty_quarantine, empty_tracks, quarantine_frame, tracks_frame
-from etl.read import CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, list_day_files, read_chunks, readable_path
+from etl.normalize import capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame
+from etl.read import (
+    CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
+)
 from etl.validate import (
     ORJSON_TOO_DEEP, OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk,
     validate_long_line,
@@ -220,11 +222,15 @@ def finish_chunk(
     duplicate = seen.mark_duplicates(tracks["message_id"])
     if quarantined is not None and quarantined.height:
         also_duplicates(chunk, quarantined, in_earlier_chunks, tracks.filter(~duplicate))
-    if not duplicate.any():
-        return ChunkOutput(tracks, quarantine_frame(chunk, quarantined_at), event_tables(tracks, prepared.gathered, registry))
-    duplicate_rows(chunk, piece, tracks, duplicate)
+    has_duplicates = duplicate.any()
+    if has_duplicates:
+        duplicate_rows(chunk, piece, tracks, duplicate)
+    # Until here, a joined chunk's line numbers count on across its files.
+    tracks, quarantine = located(tracks, piece), located(quarantine_frame(chunk, quarantined_at), piece)
+    if not has_duplicates:
+        return ChunkOutput(tracks, quarantine, event_tables(tracks, prepared.gathered, registry))
     events = event_tables(tracks, prepared.gathered, registry, duplicate.to_list())
-    return ChunkOutput(tracks.filter(~duplicate), quarantine_frame(chunk, quarantined_at), events)
+    return ChunkOutput(tracks.filter(~duplicate), quarantine, events)
 
 
 class ChunkWorkers(ProcessPoolExecutor):
@@ -336,7 +342,7 @@ def load_day(
     context_columns: set[str] = set()
     registry = SchemaRegistry(warehouse)
     with PartitionWriter(warehouse, day) as writer:
-        pieces = day_pieces(logs_root, day_files.files, day, chunk_bytes)
+        pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes), chunk_bytes)
         for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):
             with collector_paused():
                 out = finish_chunk(prepared, piece, quarantined_at, seen, registry, context_columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import gzip
 import json
 import os
 import pickle
@@ -17,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from hypothesis import given, settings, strategies as st
-from conftest import query, track, write_log
+from conftest import line, query, track, write_log
 
 from etl import checks, normalize, read, validate
 from etl.catalog import refresh_catalog
@@ -564,19 +565,53 @@ def test_parallel_workers_write_exactly_what_one_process_writes(logs, tmp_path):
             lines += ["not json", {"batch": [track("In Batch", messageId=f"m{i}"), 5]}]
     write_log(logs / DAY / "a.ndjson", lines)
     write_log(logs / DAY / "b.ndjson.gz", lines[::3])
-    outputs = []
-    for workers in (1, 2):
-        warehouse = tmp_path / f"warehouse-{workers}"
-        summary = load_day(logs, warehouse, DAY, chunk_bytes=2048, workers=workers)
-        tables = {}
-        for table in ("tracks", "quarantine", "discards", "events/event_3"):
-            frames = [pl.read_parquet(p) for p in sorted(partition_dir(warehouse, table, DAY).glob("*.parquet"))]
-            tables[table] = pl.concat(frames, how="diagonal_relaxed").drop("quarantined_at", strict=False)
-        outputs.append((summary.as_dict(), tables))
-    (serial_summary, serial), (parallel_summary, parallel) = outputs
+    serial_summary, serial = loaded_tables(logs, tmp_path / "serial", chunk_bytes=2048, workers=1)
+    parallel_summary, parallel = loaded_tables(logs, tmp_path / "parallel", chunk_bytes=2048, workers=2)
     assert serial_summary == parallel_summary and serial_summary["quarantined_by_reason"]["duplicate_message_id"] > 0
+    assert "events/event_3" in serial
     for table in serial:
         assert serial[table].equals(parallel[table]), table
+
+
+def loaded_tables(logs: Path, warehouse: Path, **options) -> tuple[dict, dict[str, pl.DataFrame]]:
+    """Load DAY; return its summary and every table's rows in write order (no load times)."""
+    summary = load_day(logs, warehouse, DAY, **options)
+    tables = {}
+    for folder in sorted(warehouse.glob("*/**/received_date=*")):
+        if frames := [pl.read_parquet(p) for p in sorted(folder.glob("*.parquet"))]:
+            rows = pl.concat(frames, how="diagonal_relaxed").drop("quarantined_at", strict=False)
+            tables[folder.parent.relative_to(warehouse).as_posix()] = rows
+    return summary.as_dict(), tables
+
+
+SMALL_FILE_LINES = st.sampled_from([
+    track("Signed Up", messageId="m1", properties={"plan": "pro"}),
+    track("Signed Up", messageId="m2", properties={"plan": 3}),
+    track("Order Completed", messageId="m1", timestamp="2025-01-15T10:00:00+01:00"),
+    track("Order Completed", timestamp="yesterday", properties={"revenue": 5}),
+    track("Order Completed", properties={"revenue": "lots"}, messageId="m3"),
+    {"batch": [track("In Batch", messageId="m2"), 7, track("In Batch", timestamp="noon")], "sentAt": "2025-01-15T09:00:00Z"},
+    "not json", "[1]", "", "   ", b"\xef\xbb\xbf" + line(track("With BOM")), line(track("Ends In CR")) + b"\r",
+])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(SMALL_FILE_LINES, max_size=5), st.booleans(), st.booleans()), min_size=2, max_size=6))
+def test_small_files_joined_into_one_chunk_load_as_each_line_alone(tmp_path_factory, files):
+    # Joined, a chunk numbers lines on across its files; every row must get its own file and
+    # line back, and duplicates across files must resolve as they do chunk by chunk.
+    root = tmp_path_factory.mktemp("joined")
+    for index, (lines, gzipped, final_newline) in enumerate(files):
+        path = write_log(root / "logs" / DAY / f"part-{index}.ndjson{'.gz' if gzipped else ''}", lines)
+        if not final_newline and lines:
+            data = gzip.decompress(path.read_bytes()) if gzipped else path.read_bytes()
+            path.write_bytes(gzip.compress(data[:-1]) if gzipped else data[:-1])
+    joined = loaded_tables(root / "logs", root / "joined")
+    alone = loaded_tables(root / "logs", root / "alone", chunk_bytes=1)  # a chunk per line, none joined
+    assert joined[0] == alone[0]
+    assert joined[1].keys() == alone[1].keys()
+    for table, rows in joined[1].items():
+        assert rows.equals(alone[1][table]), table
 
 
 def test_chunk_workers_start_without_rerunning_the_parents_main_module(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 import etl.read
-from etl.read import FileBreak, LineChunk, LongLine, list_day_files, list_days, read_chunks, skipped_folders
+from etl.read import (
+    FileBreak, FileLines, LineChunk, LongLine, coalesced, list_day_files, list_days, read_chunks, skipped_folders,
+)
 
 LINES = [b'{"event":"A","userId":"u"}', b"", b'{"event":"B","userId":"\xc3\xa9"}', b"not json", b"  "]
 
@@ -268,3 +270,16 @@ def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path
     path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"first\n", b"x" * 5_000))
     *_, last = read_chunks(path, "a")
     assert isinstance(last, FileBreak) and (last.line_number, last.partial_line) == (2, b"x" * 1_000)
+
+
+def test_small_chunks_join_in_order_up_to_one_chunk_and_a_break_passes_between(monkeypatch):
+    monkeypatch.setattr(etl.read, "CHUNK_LINES", 4)
+    pieces = [
+        LineChunk("a", 1, b"x" * 10), LineChunk("b", 7, b"y\nz"), FileBreak("b", 9, b"", "GzipBroken: truncated"),
+        LineChunk("c", 1, b"w" * 30), LineChunk("d", 1, b"v"), LineChunk("e", 1, b"1\n2\n3\n4"),
+    ]
+    out = list(coalesced(pieces, chunk_bytes=32))
+    assert out[1:] == pieces[2:]  # c is full with d (32 bytes), and d is full with e (5 lines)
+    assert out[0].lines() == [b"x" * 10, b"y", b"z"]
+    assert (out[0].source_file, out[0].first_line_number) == ("a", 1)
+    assert out[0].files == (FileLines("a", 1, 1), FileLines("b", 7, 2))
