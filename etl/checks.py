@@ -19,6 +19,7 @@ from etl.catalog import create_views, glob_literal, mart_views, parquet_source, 
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
+from etl.models import modelled_days
 from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
 from etl.write import partition_dir, read_manifest
 
@@ -270,7 +271,14 @@ def columns_within_cap(warehouse: Path, day: str) -> CheckOutcome:
 
 # The received days the marts were built from: a day published since (a backfill goes on while
 # the models refresh) waits for the next refresh, and is no mismatch meanwhile.
-MODELLED_DAYS = "received_date in (select distinct received_date from stg_tracks)"
+MODELLED_DAYS = "received_date in (select received_date from modelled_days)"
+
+
+def modelled_days_view(days: list[str] | None) -> str:
+    if days is None:  # marts from before the refresh recorded its days
+        return "select distinct received_date from tracks"
+    values = ", ".join(f"(date {quote_literal(day)})" for day in days)
+    return f"select * from (values {values}) as days(received_date)" if days else "select null::date as received_date where false"
 
 
 @contextlib.contextmanager
@@ -280,6 +288,7 @@ def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     with writer_lock(warehouse), duckdb.connect() as connection:
         sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items()}
         create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | mart_views(warehouse))
+        create_views(connection, {"modelled_days": modelled_days_view(modelled_days(warehouse))})
         yield connection
 
 
@@ -307,15 +316,21 @@ def orders_reconcile_with_tracks(warehouse: Path) -> CheckOutcome:
     (on the days the models were built from)."""
     mismatches = warehouse_rows(warehouse, f"""
         with accepted as (
-            select currency, case when abs(revenue) < 1e14 then cast(revenue as decimal(18, 4)) end as revenue
+            select currency, revenue
             from tracks
-            where revenue is not null and {MODELLED_DAYS}
+            where {MODELLED_DAYS} and message_id in (select message_id from tracks where revenue is not null)
             qualify row_number() over (
                 partition by message_id
                 order by received_date, received_at nulls last, source_file, line_number, batch_index nulls first
             ) = 1
         ),
-        expected as (select currency, count(*) as orders, sum(revenue) as revenue from accepted group by 1),
+        expected as (
+            -- Only the copy that wins counts: a losing copy with revenue makes no order.
+            select currency, count(*) as orders, sum(case when abs(revenue) < 1e14 then cast(revenue as decimal(18, 4)) end) as revenue
+            from accepted
+            where revenue is not null
+            group by 1
+        ),
         actual as (select currency, count(*) as orders, sum(revenue) as revenue from fct_orders group by 1)
         select coalesce(e.currency, a.currency), e.orders, a.orders, e.revenue, a.revenue
         from expected e full join actual a using (currency)

@@ -10,6 +10,8 @@ all under the warehouse writer lock.
 from __future__ import annotations
 
 import graphlib
+import json
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 MARTS = "marts"
+# The received days the marts were last built from: the model checks compare the marts with
+# those days of `tracks` only (a day published since waits for the next refresh).
+MODELLED_DAYS = ".modelled_days.json"
 MEMORY_LIMIT = "512MB"
 SOURCES = ("tracks",)
 SEEDS = {
@@ -130,6 +135,8 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
         connection = bounded_connection(staging / ".spill")
         try:
             create_sources(connection, warehouse, seeds_dir or sql_dir / "seeds", models)
+            days = [str(day) for (day,) in connection.execute("select distinct received_date from tracks order by 1").fetchall()]
+            (staging / MODELLED_DAYS).write_text(json.dumps(days))
             for name in order:
                 (staging / name).mkdir()
                 target = quote_literal(str(staging / name / f"{name}-{run_token}.parquet"))
@@ -141,8 +148,15 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
                 rows[name] = connection.execute(f"select count(*) from {quote_identifier(name)}").fetchone()[0]
             for name in order:
                 swap_in(staging / name, warehouse / MARTS / name)
+            os.replace(staging / MODELLED_DAYS, warehouse / MODELLED_DAYS)
         finally:
             connection.close()
             shutil.rmtree(staging, ignore_errors=True)
         rebuild_catalog(warehouse)
     return rows
+
+
+def modelled_days(warehouse: Path) -> list[str] | None:
+    """The received days of the last refresh, or None before the first one."""
+    path = warehouse / MODELLED_DAYS
+    return json.loads(path.read_text()) if path.exists() else None

@@ -157,6 +157,23 @@ def test_model_checks_hold_when_a_day_is_published_after_the_models_ran(logs, wa
     assert checks.cross_partition_duplicates(warehouse).metadata["duplicates_removed"] == 0
 
 
+@pytest.mark.parametrize("day_has_a_winner", [True, False], ids=["day with another message", "day of duplicates only"])
+def test_model_checks_hold_when_a_losing_copy_has_revenue_the_winner_lacks(logs, warehouse, day_has_a_winner):
+    # Day 14 holds a copy of day 13's message, with revenue the winner lacks: it makes no order,
+    # and it is one duplicate removed, even when no row of day 14 reaches stg_tracks.
+    write_log(logs / "2025-01-13" / "a.ndjson", [track("Page Viewed", messageId="x")])
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("Order Completed", messageId="x", properties={"revenue": 10}),
+        *([track("Page Viewed", messageId="y")] if day_has_a_winner else []),
+    ])
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    for day in ("2025-01-13", "2025-01-14"):
+        materialize_day(config, day)
+    dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
+    assert checks.orders_reconcile_with_tracks(warehouse).passed
+    assert checks.cross_partition_duplicates(warehouse).metadata["duplicates_removed"] == 1
+
+
 @pytest.mark.parametrize(
     "reader",
     [lambda warehouse: checks.stg_unique_message_id(warehouse).passed, lambda warehouse: "revenue_daily:" in format_reports(warehouse)],
