@@ -33,7 +33,7 @@ MODELLED_DAYS = ".modelled_days.json"
 MEMORY_LIMIT = "512MB"
 SOURCES = ("tracks",)
 SEEDS = {
-    "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DOUBLE"},
+    "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DECIMAL(18, 10)"},
     "goals": {"name": "VARCHAR", "default_value_cents": "BIGINT"},
 }
 
@@ -100,7 +100,12 @@ def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds
         if not path.exists():
             raise ModelError(f"seed {path} is missing: add it with a header row {','.join(columns)}")
         types = "{" + ", ".join(f"{quote_literal(n)}: {quote_literal(t)}" for n, t in columns.items()) + "}"
-        connection.execute(f"create table {seed} as select * from read_csv({quote_literal(str(path))}, header = true, columns = {types})")
+        try:
+            connection.execute(f"create table {seed} as select * from read_csv({quote_literal(str(path))}, header = true, columns = {types})")
+        except duckdb.Error as error:
+            detail = " ".join(line.strip() for line in str(error).splitlines()[:3] if line.strip())
+            expected = ", ".join(f"{n} {t}" for n, t in columns.items())
+            raise ModelError(f"seed {path}: {detail} (columns must read as {expected}: fix that row)") from None
 
 
 def bounded_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:

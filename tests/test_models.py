@@ -257,6 +257,19 @@ def test_fct_orders_converts_revenue_to_usd_and_adds_the_first_touch_campaign_so
     assert all(isinstance(r[6], Decimal) for r in rows if r[6] is not None)
 
 
+def test_revenue_usd_rounds_the_exact_product_half_away_from_zero(logs, warehouse, tmp_path):
+    # In floating point, 0.5 × 1.2307 = 0.61535 is 0.615349…, which rounds down.
+    write_log(logs / "2025-01-15" / "a.ndjson", [
+        order("h-1", "u-1", "2025-01-14T08:00:00Z", 0.5, "GBP"),
+        order("h-2", "u-1", "2025-01-14T09:00:00Z", 1.5, "EUR"),
+    ])
+    rates = [("GBP", "2025-01-14", "1.2307"), ("EUR", "2025-01-14", "1.0243")]
+    build(logs, warehouse, write_seeds(tmp_path / "seeds", rates), ["2025-01-15"])
+    assert query(warehouse, "select message_id, revenue_usd from fct_orders order by 1") == [
+        ("h-1", Decimal("0.6154")), ("h-2", Decimal("1.5365")),
+    ]
+
+
 def test_revenue_daily_sums_per_day_and_currency_never_across_currencies(logs, warehouse, tmp_path):
     write_log(logs / "2025-01-15" / "web.ndjson", [
         order("r-01", "u-1", "2025-01-14T08:00:00Z", 0.1, "EUR"),
@@ -440,6 +453,15 @@ def test_models_depending_on_each_other_in_a_cycle_are_a_model_error(tmp_path):
     (sql / "second.sql").write_text("select * from first")
     with pytest.raises(ModelError, match="cycle"):
         build_order(load_models(sql))
+
+
+def test_a_seed_rate_that_is_no_decimal_is_a_one_line_model_error_naming_the_row(logs, warehouse, tmp_path):
+    write_log(logs / "2025-01-15" / "a.ndjson", [order("o-1", "u-1", "2025-01-14T08:00:00Z", 1, "EUR")])
+    seeds = write_seeds(tmp_path / "seeds", [("EUR", "2025-01-14", "1.1"), ("GBP", "2025-01-14", "one")])
+    with pytest.raises(ModelError) as caught:
+        build(logs, warehouse, seeds, ["2025-01-15"])
+    message = str(caught.value)
+    assert "\n" not in message and "fx_rates.csv" in message and "GBP,2025-01-14,one" in message
 
 
 # --- one writer at a time -----------------------------------------------------------------------
