@@ -187,23 +187,46 @@ def footer_rows_by_event(files: list[Path]) -> dict[str, int]:
     return dict(duckdb.connect().execute(sql).fetchall())
 
 
+def unmatched_event_rows(event_files: list[Path], tracks: list[Path]) -> tuple[int, int]:
+    """(event-table rows whose message and event `tracks` does not hold, rows repeating a
+    message): with the rows per event equal, both 0 means each table holds its events exactly."""
+    if not event_files:
+        return 0, 0
+    events = f"(select message_id, event from read_parquet({file_list(event_files)}))"
+    accepted = f"(select message_id, event, true as found from {read_files(tracks)})" if tracks else (
+        "(select null::varchar as message_id, null::varchar as event, true as found where false)"
+    )
+    return duckdb.connect().execute(
+        f"select count(*) filter (where found is null), count(*) - count(distinct message_id) "
+        f"from {events} left join {accepted} using (message_id, event)"
+    ).fetchone()
+
+
 @failing_instead_of_raising
 def event_rows_match_tracks(warehouse: Path, day: str) -> CheckOutcome:
     """Every accepted event is in the table of its name, once: per event, not in total, so that a row
-    moved to another event's table fails too."""
+    moved to another event's table fails too; row by row, so that a row swapped for a stray one does."""
     per_event = event_partition_files(warehouse, day)
-    written = footer_rows_by_event([path for paths in per_event.values() for path in paths])
-    accepted = dict(fetch("select event, count(*) from {files} group by event", parquet_files(warehouse, "tracks", day)))
+    event_files = [path for paths in per_event.values() for path in paths]
+    written = footer_rows_by_event(event_files)
+    tracks_files = parquet_files(warehouse, "tracks", day)
+    accepted = dict(fetch("select event, count(*) from {files} group by event", tracks_files))
     mismatched = sorted((e for e in written.keys() | accepted.keys() if written.get(e, 0) != accepted.get(e, 0)), key=str)
+    strays, repeats = unmatched_event_rows(event_files, tracks_files)
     total, tracks = sum(written.values()), sum(accepted.values())
     description = f"{total} rows across {len(per_event)} event tables, {tracks} in tracks"
     if mismatched:
         shown = ", ".join(f"{e} ({written.get(e, 0)} in its table, {accepted.get(e, 0)} in tracks)" for e in mismatched[:SHOWN_PROBLEMS])
         description += f"; {len(mismatched)} events differ: {shown}"
+    if strays or repeats:
+        description += f"; {strays} rows name a message and event tracks does not hold, {repeats} repeat a message"
     return CheckOutcome(
-        not mismatched,
+        not (mismatched or strays or repeats),
         description,
-        {"event_rows": total, "tracks_rows": tracks, "event_tables": len(per_event), "mismatched_events": len(mismatched)},
+        {
+            "event_rows": total, "tracks_rows": tracks, "event_tables": len(per_event), "mismatched_events": len(mismatched),
+            "stray_rows": strays, "repeated_rows": repeats,
+        },
     )
 
 

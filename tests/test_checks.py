@@ -53,6 +53,21 @@ def test_event_rows_check_fails_when_a_row_moves_to_another_event_table(logs, wa
 
 
 @pytest.mark.parametrize(
+    "swap",
+    [lambda rows: rows.with_columns(message_id=pl.lit("stray")), lambda rows: rows.with_columns(message_id=pl.lit("a1"))],
+    ids=["a message tracks lacks", "a message twice"],
+)
+def test_event_rows_check_fails_when_a_row_is_swapped_for_another_with_counts_unchanged(logs, warehouse, swap):
+    loaded_day(logs, warehouse)
+    (a,) = parts(warehouse, "events/a")
+    rows = pl.read_parquet(a)
+    pl.concat([rows.filter(pl.col("message_id") != "a2"), swap(rows.filter(pl.col("message_id") == "a2"))]).write_parquet(a)
+    outcome = checks.event_rows_match_tracks(warehouse, DAY)
+    assert not outcome.passed
+    assert outcome.metadata["stray_rows"] + outcome.metadata["repeated_rows"] == 1 and outcome.metadata["mismatched_events"] == 0
+
+
+@pytest.mark.parametrize(
     "break_tracks",
     [lambda part: part.unlink(), lambda part: part.write_bytes(b"")],
     ids=["no tracks file", "empty tracks file"],
