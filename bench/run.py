@@ -13,9 +13,11 @@ What one run does, on the same generated files (bench/generate.py, one received 
    bench/.venv-peers (created on first use; bench-only dependencies, never runtime ones):
    dlt 1.x into DuckDB via Parquet, pandas json_normalize + to_parquet, DuckDB read_json +
    COPY to Parquet;
-3. one extra trackhouse run under cProfile on the smallest size, for a per-stage breakdown
+3. the smallest size again, written as `--small-files` files (a day of many small drops, as
+   Kinesis Firehose or an S3 sink writes them), through the same `etl run`;
+4. one extra trackhouse run under cProfile on the smallest size, for a per-stage breakdown
    (not part of the timings), and the start-up cost (`etl --help`);
-4. a Markdown report: printed, and written to bench/results.md (smoke: bench/work/).
+5. a Markdown report: printed, and written to bench/results.md (smoke: bench/work/).
 
 Every command is a subprocess measured the same way (bench/proctree.py): wall time, user+sys
 CPU, and peak RSS of its whole process tree. MB are 10^6 bytes of uncompressed NDJSON.
@@ -52,6 +54,8 @@ PEERS = {
     "DuckDB read_json → Parquet": ("duckdb_read_json.py", []),
 }
 PANDAS_COERCED = "pandas json_normalize → Parquet (--coerce)"
+TRACKHOUSE = "trackhouse etl run"
+SMALL_FILES = 2_000
 DEFAULT_SIZES = [250_000, 500_000, 1_000_000, 2_000_000]
 SMOKE_SIZE = 10_000
 
@@ -149,18 +153,23 @@ def machine() -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def logs_root(size: int, seed: int, day: str) -> Path:
-    return WORK / f"logs-{label(size)}-seed{seed}-{day}"
+def dataset_name(size: int, files: int | None = None) -> str:
+    return label(size) + (f"-{files}files" if files else "")
 
 
-def ensure_logs(size: int, seed: int, day: str) -> dict:
-    """The generated.json of a matching set of logs, generating them first if needed."""
-    root = logs_root(size, seed, day)
+def logs_root(size: int, seed: int, day: str, files: int | None = None) -> Path:
+    return WORK / f"logs-{dataset_name(size, files)}-seed{seed}-{day}"
+
+
+def ensure_logs(size: int, seed: int, day: str, files: int | None = None) -> dict:
+    """The generated.json of a matching set of logs (`files` of them, else the generator's
+    default), generating them first if needed."""
+    root = logs_root(size, seed, day, files)
     meta_path = root / "generated.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         same = (meta.get("events"), meta.get("seed"), meta.get("day"), meta.get("generator_sha"), meta.get("generator_version")) == (
-            size, seed, day, generate.generator_digest(), generate.GENERATOR_VERSION)
+            size, seed, day, generate.generator_digest(), generate.GENERATOR_VERSION) and files in (None, len(meta["per_file"]))
         present = all((root / day / f["file"]).is_file() and (root / day / f["file"]).stat().st_size == f["file_bytes"] for f in meta["per_file"])
         if same and present:
             log(f"reusing {root} ({meta['totals']['raw_bytes'] / 1e6:.0f} MB)")
@@ -168,7 +177,8 @@ def ensure_logs(size: int, seed: int, day: str) -> dict:
             return meta
     log(f"generating {size:,} events into {root} ...")
     done = subprocess.run([str(PROJECT_PY), str(BENCH / "generate.py"), "--events", str(size), "--out", str(root),
-                           "--day", day, "--seed", str(seed)], stdout=subprocess.PIPE, text=True, check=True)
+                           "--day", day, "--seed", str(seed), *(["--files", str(files)] if files else [])],
+                          stdout=subprocess.PIPE, text=True, check=True)
     log(done.stdout.rstrip())
     meta = json.loads(meta_path.read_text())
     meta["root"] = str(root)
@@ -277,14 +287,16 @@ def read_manifest(warehouse: Path, day: str) -> dict:
     return {}
 
 
-def run_trackhouse(meta: dict, repeat: int, timeout: float) -> Row:
+def run_trackhouse(meta: dict, repeat: int, timeout: float, files: int | None = None) -> Row:
+    """`etl run` on a dataset; `files` marks the small-files dataset, reported in a row of its own."""
     size, day = meta["events"], meta["day"]
-    row = Row("trackhouse etl run", size, meta["totals"]["raw_bytes"])
-    warehouse = WORK / f"warehouse-{label(size)}"
+    row = Row(f"{TRACKHOUSE}, {files:,} small files" if files else TRACKHOUSE, size, meta["totals"]["raw_bytes"])
+    name = dataset_name(size, files)
+    warehouse = WORK / f"warehouse-{name}"
     for i in range(1, repeat + 1):
         shutil.rmtree(warehouse, ignore_errors=True)
         m = measure(trackhouse_command(Path(meta["root"]), warehouse, day), env=clean_env(), cwd=ROOT, timeout=timeout,
-                    stdout=WORK / "runs" / f"trackhouse-{label(size)}-{i}.out", stderr=WORK / "runs" / f"trackhouse-{label(size)}-{i}.err")
+                    stdout=WORK / "runs" / f"trackhouse-{name}-{i}.out", stderr=WORK / "runs" / f"trackhouse-{name}-{i}.err")
         record(row, m, i, repeat)
     manifest = read_manifest(warehouse, day)
     if manifest:
@@ -457,7 +469,7 @@ def parse_size(text: str) -> int:
 def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: list[Row], peer_rows: list[Row],
            peers_note: str, profile: dict | None, start: Measurement | None) -> str:
     ceilings = {r.size: r for r in rows if r.tool.startswith("parse ceiling")}
-    trackhouse = {r.size: r for r in rows if r.tool.startswith("trackhouse")}
+    trackhouse = {r.size: r for r in rows if r.tool == TRACKHOUSE}
     out: list[str] = []
     w = out.append
     w("# trackhouse benchmark" + (" (smoke)" if args.smoke else ""))
@@ -480,8 +492,9 @@ def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: lis
     w("")
     w("## Input")
     w("")
-    w("One received day per size, generated by `bench/generate.py` (seed "
-      f"{datasets[0]['seed']}, day {datasets[0]['day']}); *events* counts messages (a batch envelope of k "
+    again = " (the last row: the smallest size again, in many small files)" if args.small_files else ""
+    w(f"One received day per size{again}, generated by "
+      f"`bench/generate.py` (seed {datasets[0]['seed']}, day {datasets[0]['day']}); *events* counts messages (a batch envelope of k "
       "messages counts k). **MB and MB/s are 10^6 bytes of uncompressed NDJSON**; the web files are gzipped "
       "on disk, the mobile and server files plain.")
     w("")
@@ -514,7 +527,8 @@ def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: lis
     w(f"- *load*: the 1-minute load average just before each run (median); with {info['nproc']} CPUs, a figure near or "
       "above that means other work was competing for the cores.")
     w("- *× parse ceiling*: events/s divided by the parse ceiling's events/s on the same files (1.00 = as fast as "
-      "reading and `orjson.loads` of every line in one process, doing nothing else).")
+      "reading and `orjson.loads` of every line in one process, doing nothing else); the small-files row is "
+      "divided by the ceiling of the same size in its usual few files.")
     for r in rows:
         if r.note:
             w(f"- {r.tool} at {fmt_int(r.size)}: {r.note}")
@@ -619,13 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=generate.DEFAULT_SEED)
     parser.add_argument("--day", default=generate.DEFAULT_DAY)
     parser.add_argument("--no-peers", action="store_true", help="skip the peers (and their virtualenv)")
+    parser.add_argument("--small-files", type=int, default=SMALL_FILES, help="the smallest size again in this many files (default %(default)s; 0 skips it)")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile stage breakdown")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed (default %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="report file (default bench/results.md; smoke: bench/work/results-smoke.md)")
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_SIZE:,} events, 1 run, no peers, report not written to bench/results.md")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.sizes, args.repeat, args.no_peers = str(SMOKE_SIZE), 1, True
+        args.sizes, args.repeat, args.no_peers, args.small_files = str(SMOKE_SIZE), 1, True, 0
         args.timeout = min(args.timeout, 120)
     try:
         sizes = sorted({parse_size(s) for s in args.sizes.split(",") if s.strip()})
@@ -647,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"size {label(meta['events'])}:")
         rows.append(run_ceiling(meta, args.repeat, args.timeout))
         rows.append(run_trackhouse(meta, args.repeat, args.timeout))
+    if args.small_files:
+        small = ensure_logs(sizes[0], args.seed, args.day, args.small_files)
+        log(f"size {label(sizes[0])} in {args.small_files:,} files:")
+        rows.append(run_trackhouse(small, args.repeat, args.timeout, files=args.small_files))
+        datasets.append(small)
 
     peer_rows: list[Row] = []
     peers_note = ""
