@@ -648,6 +648,20 @@ def test_gathered_values_reach_the_main_process_exactly_as_gathered(values, with
     assert sent.tracks.equals(prepared.tracks)
 
 
+def test_the_writer_writes_a_part_once_its_buffered_rows_hold_enough_bytes(tmp_path, monkeypatch):
+    # Quarantine rows carry whole lines: a few long ones must not wait for 100,000 rows.
+    monkeypatch.setattr(write, "BYTES_PER_PART", 1_000_000)
+    monkeypatch.setattr(write, "MAX_BUFFERED_BYTES", 1_500_000)
+    with PartitionWriter(tmp_path, DAY) as writer:
+        for _ in range(3):
+            writer.append("quarantine", pl.DataFrame({"raw": ["x" * 400_000]}))
+        assert writer.parts == {"quarantine": 1} and writer.buffered_bytes == {}
+        writer.append("quarantine", pl.DataFrame({"raw": ["x" * 400_000]}))
+        writer.append("tracks", pl.DataFrame({"raw": ["y" * 800_000]}))
+        writer.append("discards", pl.DataFrame({"raw": ["z" * 400_000]}))  # 1.6 MB in all: every table written
+        assert writer.parts == {"quarantine": 2, "tracks": 1, "discards": 1} and writer.buffers == {}
+
+
 def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path):
     # The schedule and a backfill may run one day at once: the second run must neither take the
     # first's staging folder for debris nor publish in between; it replaces the first whole.
