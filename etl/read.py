@@ -242,6 +242,18 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
             size += len(block)
             in_block = block.count(b"\n")
             newlines += in_block
+            if in_block and tail + block.find(b"\n") > MAX_LINE_BYTES:
+                # A line that ends in this block yet began more than MAX_LINE_BYTES before.
+                data, ending = b"".join(parts), block.find(b"\n")
+                start = len(data) - len(block) - tail
+                if start:
+                    chunk, _ = complete_lines(data[:start])
+                    yield chunk
+                yield LongLine(source_file, next_line, data[start : start + MAX_LINE_BYTES], tail + ending)
+                rest = block[ending + 1 :]
+                next_line, parts, size, newlines = next_line + 1, [rest], len(rest), in_block - 1
+                tail = len(rest) - rest.rfind(b"\n") - 1 if newlines else len(rest)
+                continue
             tail = len(block) - block.rfind(b"\n") - 1 if in_block else tail + len(block)
             if tail > MAX_LINE_BYTES:
                 chunk, rest = complete_lines(b"".join(parts))

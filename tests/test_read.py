@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import etl.read
 from etl.read import (
@@ -262,6 +263,30 @@ def test_a_line_over_the_line_limit_is_read_past_keeping_its_start_and_length(tm
         LineChunk("a", 3, b"third"),
         LongLine("a", 4, long_line[:1_000], 5_000),
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 1_300), min_size=1, max_size=8), st.booleans(), st.sampled_from([64, 2_000, 1 << 20]))
+def test_every_line_over_the_limit_and_none_under_it_is_read_past(tmp_path_factory, lengths, gzipped, chunk_bytes):
+    # Wherever a line's end falls among the read blocks: a line that ends in the block that takes
+    # it past the limit was once held whole.
+    limit, path = 1_000, tmp_path_factory.mktemp("lines") / ("a.ndjson.gz" if gzipped else "a.ndjson")
+    lines = [bytes([48 + i % 10]) * length for i, length in enumerate(lengths)]
+    data = b"\n".join(lines) + b"\n"
+    write(path, gzip.compress(data) if gzipped else data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(etl.read, "MAX_LINE_BYTES", limit)
+        patch.setattr(etl.read, "READ_BLOCK", 100)
+        pieces = list(read_chunks(path, "a", chunk_bytes=chunk_bytes))
+    seen = []
+    for piece in pieces:
+        if isinstance(piece, LongLine):
+            seen.append((piece.line_number, piece.start, piece.length))
+        else:
+            seen += [(piece.first_line_number + i, line, len(line)) for i, line in enumerate(piece.lines())]
+    assert seen == [(n, line[:limit], len(line)) for n, line in enumerate(lines, 1)]
+    assert all(p.length > limit for p in pieces if isinstance(p, LongLine))
+    assert all(len(line) <= limit for p in pieces if isinstance(p, LineChunk) for line in p.lines())
 
 
 def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path, monkeypatch):
