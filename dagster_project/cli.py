@@ -152,17 +152,26 @@ def dagster_instance() -> dg.DagsterInstance:
     return instance
 
 
+SUMMARY_COLUMNS = ("received_date", "files", "lines", "blank", "accepted", "quarantined", "duplicates", "event_tables", "discards")
+
+
+def summary_cells(s: DaySummary) -> list[str]:
+    counts = (len(s.files), s.lines, s.blank_lines, s.accepted, s.quarantined, s.duplicates, len(s.event_rows), s.discards)
+    return [s.received_date, *map(str, counts)]
+
+
 def format_summaries(summaries: list[DaySummary]) -> str:
-    header = (
-        f"{'received_date':<14}{'files':>6}{'lines':>9}{'blank':>7}{'accepted':>10}"
-        f"{'quarantined':>13}{'duplicates':>12}{'event_tables':>14}{'discards':>10}"
-    )
+    """A table of the days (columns as wide as their largest count), each day's details below it."""
+    cells = [summary_cells(s) for s in summaries]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(SUMMARY_COLUMNS)]
+
+    def aligned(row: list[str] | tuple[str, ...]) -> str:
+        return "  ".join([row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:]))])
+
+    header = aligned(SUMMARY_COLUMNS)
     lines = [header, "-" * len(header)]
-    for s in summaries:
-        lines.append(
-            f"{s.received_date:<14}{len(s.files):>6}{s.lines:>9}{s.blank_lines:>7}{s.accepted:>10}"
-            f"{s.quarantined:>13}{s.duplicates:>12}{len(s.event_rows):>14}{s.discards:>10}"
-        )
+    for s, row in zip(summaries, cells):
+        lines.append(aligned(row))
         if s.event_rows:
             shown, more, more_rows = largest_counts(s.event_rows)
             listed = ", ".join(f"{e} {n}" for e, n in shown.items())
