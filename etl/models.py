@@ -31,6 +31,9 @@ MARTS = "marts"
 # those days of `tracks` only (a day published since waits for the next refresh).
 MODELLED_DAYS = ".modelled_days.json"
 MEMORY_LIMIT = "512MB"
+# DuckDB's Parquet writer holds a row group (122,880 rows by default) in memory: with hundreds of
+# context columns, stg_tracks over 94k rows ran out of MEMORY_LIMIT. Row groups end at this size.
+ROW_GROUP_BYTES = "32MB"
 SOURCES = ("tracks",)
 SEEDS = {
     "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DECIMAL(18, 10)"},
@@ -146,7 +149,7 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
                 (staging / name).mkdir()
                 target = quote_literal(str(staging / name / f"{name}-{run_token}.parquet"))
                 try:
-                    connection.execute(f"copy ({models[name].sql}) to {target} (format parquet, compression zstd)")
+                    connection.execute(f"copy ({models[name].sql}) to {target} (format parquet, compression zstd, row_group_size_bytes '{ROW_GROUP_BYTES}')")
                 except duckdb.Error as error:
                     raise ModelError(f"{name}.sql failed: {str(error).splitlines()[0]}") from None
                 connection.execute(f"create view {quote_identifier(name)} as select * from read_parquet({target})")

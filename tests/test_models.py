@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import random
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
+from etl import models
 from etl.catalog import writer_lock
 from etl.models import ModelError, build_order, load_models, refresh_models
 from etl.pipeline import load_day
@@ -462,6 +464,18 @@ def test_a_seed_rate_that_is_no_decimal_is_a_one_line_model_error_naming_the_row
         build(logs, warehouse, seeds, ["2025-01-15"])
     message = str(caught.value)
     assert "\n" not in message and "fx_rates.csv" in message and "GBP,2025-01-14,one" in message
+
+
+def test_a_refresh_over_hundreds_of_context_columns_stays_within_its_memory_limit(logs, warehouse, monkeypatch):
+    # Row groups of 122,880 rows x 400 columns needed more than the limit in DuckDB's writer.
+    rng = random.Random(1)
+    write_log(logs / "2025-01-15" / "a.ndjson", [
+        track("E", f"u{i % 50}", messageId=f"m{i}", context={f"k{rng.randrange(400)}": "v" for _ in range(3)})
+        for i in range(30_000)
+    ])
+    load_day(logs, warehouse, "2025-01-15")
+    monkeypatch.setattr(models, "MEMORY_LIMIT", "100MB")
+    assert models.refresh_models(warehouse)["stg_tracks"] == 30_000
 
 
 # --- one writer at a time -----------------------------------------------------------------------
