@@ -15,7 +15,7 @@ import polars as pl
 from etl.names import is_context_column
 from etl.normalize import UTC_MICROS, json_text
 from etl.registry import CONVERTED_PROPERTIES, Column, SchemaRegistry, path_key
-from etl.validate import INVALID, Invalid, TrackFields, parse_timestamp
+from etl.validate import INVALID, TrackFields, as_float, parse_timestamp
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 POLARS_TYPES: dict[str, pl.DataType] = {
@@ -136,15 +136,6 @@ def converted_column(values: list[Any], kind: str) -> list[Any]:
     if kind == "int" and types == {int} and INT64_MIN <= min(values) and max(values) <= INT64_MAX:
         return values
     return [converted(v, kind) for v in values]
-
-
-def as_float(value: int) -> float | Invalid:
-    """An integer in a float column, past 64 bits too (2**63 is a double exactly); only one
-    beyond the double range (about 1.8e308) does not fit."""
-    try:
-        return float(value)
-    except OverflowError:
-        return INVALID
 
 
 def converted(value: Any, kind: str) -> Any:

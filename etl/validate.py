@@ -220,14 +220,25 @@ def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tu
     return "invalid_timestamp", f"{', '.join(bad)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z): {shown}"
 
 
+def as_float(value: int) -> float | Invalid:
+    """An integer as a double (a float column, `revenue`), past 64 bits too (2**63 is a double exactly); only one
+    beyond the double range (about 1.8e308) does not fit."""
+    try:
+        return float(value)
+    except OverflowError:
+        return INVALID
+
+
 def parse_number(value: Any) -> float | None | Invalid:
     """A JSON number or a plain decimal string ("19.99"); booleans are not numbers."""
     if value is None:
         return None
     if isinstance(value, bool):
         return INVALID
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return as_float(value)
     if isinstance(value, str) and DECIMAL_NUMBER.fullmatch(value):
         number = float(value)
         return number if number not in (float("inf"), float("-inf")) else INVALID
@@ -586,15 +597,70 @@ LONG_DIGIT_RUN = b"0" * 19  # the shortest integer past 64 bits (922337203685477
 DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
+ORJSON_PAST_DOUBLES = "number is infinity when parsed as double"
+
+
+class NotOrjsonJson(ValueError):
+    """Valid to the standard library, but not to orjson, which decides what is valid JSON."""
+
+
+def refuse_constant(name: str) -> None:
+    raise NotOrjsonJson(name)
+
+
+def finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise NotOrjsonJson(text)
+    return number
+
+
+def check_like_orjson(value: Any) -> None:
+    """Refuse what orjson refuses and the standard library takes: an unpaired surrogate, nesting
+    past JSON_MAX_DEPTH."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > JSON_MAX_DEPTH:
+            raise NotOrjsonJson("nested too deep")
+        items = node.items() if type(node) is dict else enumerate(node)
+        for key, child in items:
+            for text in (key, child):
+                if type(text) is str and not text.isascii():
+                    text.encode("utf-8")  # UnicodeEncodeError on an unpaired surrogate
+            if type(child) in CONTAINERS:
+                stack.append((child, depth + 1))
+
+
+def exact_json(line: bytes, checked: bool) -> Any:
+    """The standard library's reading, which keeps integers past 64 bits exact. Unless orjson has
+    `checked` the line, refuse what orjson would: constants, floats past the double range, and
+    unpaired surrogates (encoded in UTF-8 too) and depth, as above."""
+    make_room_for_deep_json(line.count(b"[") + line.count(b"{"))  # no deeper than it opens
+    if checked:
+        return json.loads(line)
+    value = json.loads(line, parse_constant=refuse_constant, parse_float=finite_float)
+    if type(value) in CONTAINERS:
+        check_like_orjson(value)
+    return value
+
+
 def parse_line(line: bytes) -> Any:
     """orjson for speed and for what counts as valid JSON; the standard library again for a line
     with a run of 19 or more digits, where an integer may be past 64 bits: orjson reads those as
-    doubles, and ids and `properties` must keep their exact digits. Finding the run costs ~1 µs
-    a line (measured; a regular expression took 7)."""
-    parsed = orjson.loads(line)
+    doubles (or refuses them past the double range), and ids and `properties` must keep their
+    exact digits. Finding the run costs ~1 µs a line (measured; a regular expression took 7)."""
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        if not (str(error).startswith(ORJSON_PAST_DOUBLES) and LONG_DIGIT_RUN in line.translate(DIGITS_AS_ZERO)):
+            raise
+        try:
+            return exact_json(line, checked=False)
+        except (ValueError, RecursionError):  # NotOrjsonJson, JSONDecodeError, UnicodeError, > 4,300 digits
+            raise error from None
     if LONG_DIGIT_RUN in line.translate(DIGITS_AS_ZERO):
-        make_room_for_deep_json(line.count(b"[") + line.count(b"{"))  # no deeper than it opens
-        return json.loads(line)
+        return exact_json(line, checked=True)
     return parsed
 
 

@@ -264,6 +264,25 @@ def test_integer_id_past_64_bits_keeps_its_exact_digits(literal, field):
     assert {"userId": fields.user_id, "anonymousId": fields.anonymous_id, "messageId": fields.message_id}[field] == literal
 
 
+PAST_DOUBLES = "1" * 310  # a valid JSON integer that orjson refuses: past the double range
+
+
+def test_an_integer_past_the_double_range_is_read_exactly_not_refused():
+    fields = accepted('{"event":"E","userId":"u","messageId":' + PAST_DOUBLES + ',"properties":{"n":-' + PAST_DOUBLES + "}}")
+    assert fields.message_id == PAST_DOUBLES and fields.properties == {"n": -int(PAST_DOUBLES)}
+    assert reasons('{"event":"E","userId":' + PAST_DOUBLES + "}") == ["identity_too_long"]
+    assert reasons('{"event":"E","userId":"u","properties":{"revenue":' + PAST_DOUBLES + "}}") == ["invalid_revenue"]
+
+
+@pytest.mark.parametrize(
+    "also", [b"NaN", b"-Infinity", b"1e400", rb'"\ud800"', rb'{"\udfff":1}', b"[" * 1_100 + b"]" * 1_100, b"1" * 5_000, b'"\xff"', b'"\xed\xa0\x80"'],
+    ids=["NaN", "Infinity", "float past doubles", "unpaired surrogate", "surrogate key", "too deep", "over 4,300 digits", "not UTF-8",
+         "encoded surrogate"],
+)
+def test_a_line_with_such_an_integer_is_still_refused_for_what_orjson_refuses(also):
+    assert reasons(b'{"event":"E","userId":"u","a":' + PAST_DOUBLES.encode() + b',"b":' + also + b"}") == ["invalid_json"]
+
+
 def test_two_messages_with_one_integer_message_id_past_64_bits_are_duplicates(tmp_path):
     day = tmp_path / "logs" / "2025-01-15"
     day.mkdir(parents=True)
