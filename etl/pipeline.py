@@ -309,17 +309,18 @@ class MissingLogs(Exception):
     """The logs a load needs are not there; loading anyway would empty data already loaded."""
 
 
-def ensure_logs_for(logs_root: Path, warehouse: Path, day: str) -> None:
-    """A day with no folder loads as an empty partition, unless the root itself is missing (a
-    mistyped TRACKHOUSE_LOGS) or the day already holds messages (its folder rotated away):
-    replacing those with nothing would lose them while every check passed."""
+def ensure_logs_for(logs_root: Path, warehouse: Path, day: str, day_files: list[Path]) -> None:
+    """A day with no folder or no log files loads as an empty partition, unless the root itself
+    is missing (a mistyped TRACKHOUSE_LOGS) or the day already holds messages (its files rotated
+    away): replacing those with nothing would lose them while every check passed."""
     if not logs_root.is_dir():
         raise MissingLogs(f"logs root {logs_root} does not exist: point TRACKHOUSE_LOGS or --logs at the folder of YYYY-MM-DD day folders")
     loaded = (read_manifest(warehouse, day) or {}).get("messages", 0)
-    if loaded and not (logs_root / day).is_dir():
+    if loaded and not day_files:
+        missing = "no log files in" if (logs_root / day).is_dir() else "no folder"
         raise MissingLogs(
-            f"no folder {logs_root / day}, yet the warehouse holds {loaded} messages loaded from it: "
-            "restore the folder to reload the day (the partition is left as it was)"
+            f"{missing} {logs_root / day}, yet the warehouse holds {loaded} messages loaded from it: "
+            "restore its files to reload the day (the partition is left as it was)"
         )
 
 
@@ -327,10 +328,10 @@ def load_day(
     logs_root: Path, warehouse: Path, day: str, chunk_bytes: int = CHUNK_BYTES, workers: int | None = None,
 ) -> DaySummary:
     """Load every log file of `day` into its warehouse partition, replacing it atomically."""
-    ensure_logs_for(logs_root, warehouse, day)
+    day_files = list_day_files(logs_root, day)
+    ensure_logs_for(logs_root, warehouse, day, day_files.files)
     received_date = dt.date.fromisoformat(day)
     quarantined_at = dt.datetime.now(dt.UTC)
-    day_files = list_day_files(logs_root, day)
     summary = DaySummary(day, [relative_source(logs_root, p) for p in day_files.files])
     summary.ignored_files = [relative_source(logs_root, p) for p in day_files.ignored]
     for ignored in summary.ignored_files:

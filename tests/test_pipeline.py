@@ -502,12 +502,17 @@ def test_a_line_over_the_line_limit_is_one_payload_too_large_row_keeping_its_sta
     assert (summary.lines, summary.messages) == (3, 3) and checks.conservation(warehouse, DAY).passed
 
 
-def test_a_loaded_day_whose_folder_is_gone_is_refused_and_left_as_it_was(logs, warehouse):
+@pytest.mark.parametrize(("rotate", "said"), [
+    (lambda folder: folder.rmdir(), "no folder"),
+    (lambda folder: None, "no log files in"),
+    (lambda folder: (folder / "notes.txt").write_text("rotated to S3"), "no log files in"),
+], ids=["folder gone", "folder empty", "only other files"])
+def test_a_loaded_day_whose_log_files_are_gone_is_refused_and_left_as_it_was(logs, warehouse, rotate, said):
     write_log(logs / DAY / "a.ndjson", [track(messageId="m1")])
     load_day(logs, warehouse, DAY)
     (logs / DAY / "a.ndjson").unlink()
-    (logs / DAY).rmdir()
-    with pytest.raises(MissingLogs, match=f"no folder .*{DAY}, yet the warehouse holds 1 messages"):
+    rotate(logs / DAY)
+    with pytest.raises(MissingLogs, match=f"{said} .*{DAY}, yet the warehouse holds 1 messages"):
         load_day(logs, warehouse, DAY)
     assert tracks_rows(warehouse)["message_id"].to_list() == ["m1"]
 
