@@ -38,6 +38,16 @@ class UsageError(Exception):
     """A problem the user can fix by changing the command; the message says how."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGINT) stopped a run; whatever it was writing was not published."""
+
+
+INTERRUPTED = (
+    "interrupted while {what}: a day's tables and the marts are replaced only once complete, "
+    "so rerun the same command to finish"
+)
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -204,8 +214,11 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
         instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False,
     )
     if not result.success:
+        cause = failure_cause(result)
+        if "interrupt" in cause.lower():  # Dagster's, DuckDB's, or a KeyboardInterrupt
+            raise Interrupted(INTERRUPTED.format(what=what))
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
-        raise RuntimeError(f"{what} failed: {failure_cause(result)} ({more})")
+        raise RuntimeError(f"{what} failed: {cause} ({more})")
     errors = []
     for check in result.get_asset_check_evaluations():
         if not check.passed:
@@ -285,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"etl: {error}", file=sys.stderr)
         return 2
+    except Interrupted as error:
+        print(f"etl: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"etl: {INTERRUPTED.format(what='running')}", file=sys.stderr)
+        return 130
     except RuntimeError as error:
         print(f"etl: {error}", file=sys.stderr)
         return 1

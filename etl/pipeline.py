@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import types
 from collections import Counter, deque
@@ -188,6 +189,13 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, FREED_MEMORY_KEPT)
 
 
+def start_worker() -> None:
+    """A worker leaves Ctrl-C to the main process, which stops it (see `prepared_in_order`):
+    interrupted mid-chunk, each worker printed a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
+
+
 VALIDATORS = {FileBreak: validate_break, LongLine: validate_long_line}
 
 
@@ -244,8 +252,15 @@ class ChunkWorkers(ProcessPoolExecutor):
 
     def __init__(self, workers: int) -> None:
         super().__init__(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory,
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
         )
+
+    def stop(self) -> None:
+        """End the workers now, dropping their chunks: waiting for them after an interrupt hung
+        once in some 40 Ctrl-Cs (a worker blocked on the result queue), holding the day's lock."""
+        for process in list((self._processes or {}).values()):
+            process.terminate()
+        self.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, fn, /, *args, **kwargs):
         main = sys.modules["__main__"]
@@ -265,7 +280,8 @@ def prepared_in_order(
         for piece in pieces:
             yield piece, prepare_chunk(piece, received_date)
         return
-    with ChunkWorkers(workers) as pool:
+    pool = ChunkWorkers(workers)
+    try:
         in_flight: deque = deque()
         for piece in pieces:
             in_flight.append((piece, pool.submit(prepare_chunk, piece, received_date)))
@@ -275,6 +291,10 @@ def prepared_in_order(
         while in_flight:
             done, future = in_flight.popleft()
             yield done, future.result()
+    except BaseException:  # an interrupt, an error, or the consumer giving up (GeneratorExit)
+        pool.stop()
+        raise
+    pool.shutdown()
 
 
 def worker_count(files: list[Path]) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import query, track, write_log
 
+from dagster_project import assets
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
 from etl import checks
@@ -105,6 +106,19 @@ def test_a_failed_run_prints_one_line_naming_the_cause(logs, warehouse, capsys):
     err = capsys.readouterr().err.splitlines()
     assert [line for line in err if not line.startswith(("loading ", "  2025-01-14: "))] == [err[-1]]
     assert err[-1].startswith(f"etl: loading 2025-01-14 failed: FileExistsError: [Errno 17] File exists: '{warehouse / 'tracks'}'")
+
+
+def test_an_interrupted_run_exits_130_with_one_line_saying_to_rerun(logs, warehouse, capsys, monkeypatch):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assets, "load_day", interrupted)
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("etl: interrupted while loading 2025-01-14: ") and "rerun the same command" in err[-1]
+    assert [line for line in err if not line.startswith("loading ")] == [err[-1]]
 
 
 def test_a_failed_error_check_is_named_and_the_run_exits_1(logs, warehouse, capsys, monkeypatch):

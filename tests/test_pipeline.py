@@ -6,13 +6,17 @@ import datetime as dt
 import fcntl
 import gzip
 import json
+import multiprocessing
 import os
 import pickle
 import re
+import signal
 import sys
 import threading
+import time
 import types
 from collections import Counter
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +27,7 @@ from conftest import line, query, track, write_log
 from etl import checks, normalize, read, validate
 from etl.catalog import refresh_catalog
 from etl.events import EventProperties
-from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day
+from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day, prepared_in_order
 from etl.read import read_chunks
 from etl.validate import ValidatedChunk
 from etl import write
@@ -631,6 +635,32 @@ def test_chunk_workers_start_without_rerunning_the_parents_main_module(tmp_path,
         ran_main = pool.submit(eval, "'heavy_main_was_run' in __import__('sys').modules").result()
     assert ran_main is False
     assert sys.modules["__main__"] is heavy_main
+
+
+def test_workers_leave_ctrl_c_to_the_main_process():
+    with ChunkWorkers(1) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+
+
+def test_stopping_the_workers_ends_a_chunk_in_progress():
+    # Waiting for workers after an interrupt could hang (a worker blocked on its queue).
+    pool = ChunkWorkers(1)
+    pool.submit(int).result()  # the worker is up
+    chunk = pool.submit(time.sleep, 600)
+    while not chunk.running():
+        time.sleep(0.01)
+    pool.stop()
+    assert isinstance(chunk.exception(timeout=60), BrokenProcessPool)
+
+
+def test_a_load_that_stops_midway_stops_its_workers(logs, monkeypatch):
+    write_log(logs / DAY / "a.ndjson", [track(messageId=f"m{i}") for i in range(2_000)])
+    stopped = []
+    monkeypatch.setattr(ChunkWorkers, "stop", lambda pool: stopped.append(pool) or pool.shutdown(wait=False, cancel_futures=True))
+    prepared = prepared_in_order(read_chunks(logs / DAY / "a.ndjson", "a.ndjson", chunk_bytes=4_096), dt.date(2025, 1, 15), workers=2)
+    next(prepared)
+    prepared.close()  # as an interrupt or an error in the main process does
+    assert len(stopped) == 1
 
 
 JSON_VALUES = st.recursive(
