@@ -9,12 +9,18 @@ import dagster as dg
 import duckdb
 import orjson
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dagster_project.assets import build_load_asset
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+# Property tests judge outputs, never speed: on a busy machine (CI, two cores) Hypothesis's
+# 200 ms deadline and its slow-generation health check failed runs whose every example passed.
+settings.register_profile("trackhouse", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("trackhouse")
 
 
 def line(value) -> bytes:
