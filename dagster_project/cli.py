@@ -119,9 +119,12 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
     if date and (start or end):
         raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
     if not logs.is_dir():
-        raise UsageError(f"logs folder {logs} does not exist: pass --logs DIR, a folder of YYYY-MM-DD day folders")
+        problem = "is a file, not a folder" if logs.exists() else "does not exist"
+        raise UsageError(f"logs folder {logs} {problem}: pass --logs DIR, a folder of YYYY-MM-DD day folders")
     available = list_days(logs)
     if not available:
+        if DAY_FOLDER.match(logs.name):
+            raise UsageError(f"{logs} is a day folder itself: pass its parent, --logs {logs.parent}, with --date {logs.name}")
         raise UsageError(f"no YYYY-MM-DD day folders under {logs}: put each day's log files in a folder named after it")
     if date:
         if date not in available:
@@ -136,6 +139,8 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
 
 
 def ensure_writable(warehouse: Path) -> None:
+    if warehouse.exists() and not warehouse.is_dir():
+        raise UsageError(f"warehouse {warehouse} is a file, not a folder: pass --warehouse DIR, a folder (new or existing)")
     try:
         warehouse.mkdir(parents=True, exist_ok=True)
         # A probe of its own: two runs starting together must not delete each other's.
@@ -270,8 +275,9 @@ def run(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     config = configured(warehouse_root=args.warehouse)
-    if not (config.warehouse / "tracks").is_dir():
+    if not config.warehouse.is_file() and not (config.warehouse / "tracks").is_dir():
         raise UsageError(f"no tracks under {config.warehouse}: load days first with `etl run --warehouse {args.warehouse}`")
+    ensure_writable(config.warehouse)  # a file, or read-only: said in one line before Dagster starts
     errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")
     print(format_reports(config.warehouse))
     if errors:

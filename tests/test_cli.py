@@ -90,6 +90,20 @@ def test_logs_folder_without_day_folders_exits_2(logs, warehouse, capsys):
     assert "no YYYY-MM-DD day folders" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(("command", "path_given", "expected"), [
+    ("run", lambda logs, file: ["--logs", str(file)], "logs folder {file} is a file, not a folder"),
+    ("run", lambda logs, file: ["--logs", str(logs / "2025-01-14")], "is a day folder itself: pass its parent, --logs {logs}, with --date 2025-01-14"),
+    ("run", lambda logs, file: ["--logs", str(logs), "--warehouse", str(file)], "warehouse {file} is a file, not a folder"),
+    ("models", lambda logs, file: ["--warehouse", str(file)], "warehouse {file} is a file, not a folder"),
+], ids=["logs is a file", "logs is a day folder", "warehouse is a file", "models: warehouse is a file"])
+def test_a_path_of_the_wrong_kind_is_named_for_what_it_is(logs, tmp_path, capsys, command, path_given, expected):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    assert main([command, *path_given(logs, file)]) == 2
+    assert expected.format(logs=logs, file=file) in one_line_error(capsys)
+
+
 def test_unwritable_warehouse_exits_1(logs, tmp_path, capsys):
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     blocker = tmp_path / "file"
