@@ -167,11 +167,14 @@ def dagster_instance() -> dg.DagsterInstance:
     return instance
 
 
-SUMMARY_COLUMNS = ("received_date", "files", "lines", "blank", "accepted", "quarantined", "duplicates", "event_tables", "discards")
+SUMMARY_COLUMNS = (
+    "received_date", "files", "lines", "blank", "messages", "accepted", "quarantined", "duplicates", "event_tables", "discards",
+)
 
 
 def summary_cells(s: DaySummary) -> list[str]:
-    counts = (len(s.files), s.lines, s.blank_lines, s.accepted, s.quarantined, s.duplicates, len(s.event_rows), s.discards)
+    """A day's counts: messages (a batch line holds several) = accepted + quarantined."""
+    counts = (len(s.files), s.lines, s.blank_lines, s.messages, s.accepted, s.quarantined, s.duplicates, len(s.event_rows), s.discards)
     return [s.received_date, *map(str, counts)]
 
 

@@ -14,6 +14,7 @@ import ctypes.util
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+
+log = logging.getLogger("trackhouse")
 
 STAGING = ".staging"
 ROWS_PER_PART = 100_000
@@ -38,10 +41,16 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (flock on `path`), waited for, released on exit."""
+def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
+    """An exclusive lock across processes (flock on `path`), waited for, released on exit; logs
+    `waiting` first when another process holds it, so a run does not look stuck."""
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -65,7 +74,7 @@ def day_lock(warehouse: Path, day: str) -> contextlib.AbstractContextManager:
     """One run of a day at a time, and its checks never reading a day another run is swapping."""
     staging_root = warehouse / STAGING
     staging_root.mkdir(parents=True, exist_ok=True)
-    return file_lock(staging_root / f"{day}.lock")
+    return file_lock(staging_root / f"{day}.lock", waiting=f"{day}: waiting for another run of this day to finish")
 
 
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:

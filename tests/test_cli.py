@@ -232,8 +232,10 @@ def test_the_summary_and_run_metadata_show_the_50_largest_event_tables_and_count
 def test_the_summary_keeps_its_columns_apart_however_large_the_counts(tmp_path):
     summaries = [DaySummary("2025-01-14", files=["a.ndjson"], lines=20_971_520, blank_lines=20_971_520), DaySummary("2025-01-15")]
     header, _, first, second = format_summaries(summaries).splitlines()
-    assert header.split() == ["received_date", "files", "lines", "blank", "accepted", "quarantined", "duplicates", "event_tables", "discards"]
-    assert first.split() == ["2025-01-14", "1", "20971520", "20971520", "0", "0", "0", "0", "0"]
+    assert header.split() == [
+        "received_date", "files", "lines", "blank", "messages", "accepted", "quarantined", "duplicates", "event_tables", "discards",
+    ]
+    assert first.split() == ["2025-01-14", "1", "20971520", "20971520", "0", "0", "0", "0", "0", "0"]
     assert len(first) == len(second) == len(header)
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import fcntl
 import gzip
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -697,9 +698,11 @@ def test_the_writer_writes_a_part_once_its_buffered_rows_hold_enough_bytes(tmp_p
         assert writer.parts == {"quarantine": 2, "tracks": 1, "discards": 1} and writer.buffers == {}
 
 
-def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path):
+def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path, caplog):
     # The schedule and a backfill may run one day at once: the second run must neither take the
-    # first's staging folder for debris nor publish in between; it replaces the first whole.
+    # first's staging folder for debris nor publish in between; it replaces the first whole. It
+    # says that it waits, or it would look stuck for as long as a big day takes.
+    caplog.set_level(logging.INFO, logger="trackhouse")
     first = PartitionWriter(tmp_path, DAY)
     first.write("tracks", pl.DataFrame({"run": ["first"]}))
     second_started, first_checked = threading.Event(), threading.Event()
@@ -714,6 +717,7 @@ def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path):
     thread = threading.Thread(target=second_run)
     thread.start()
     assert not second_started.wait(0.5)
+    assert caplog.messages == [f"{DAY}: waiting for another run of this day to finish"]
     with first:
         first.publish()
     assert second_started.wait(30)
