@@ -15,7 +15,7 @@ import polars as pl
 
 from etl.names import context_key_name, event_table_name, is_context_column, unique_name
 from etl.read import LineChunk, Piece
-from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, dump_json
+from etl.validate import TIME_COLUMNS, TrackFields, ValidatedChunk, corrected_timestamp, dump_json
 
 UTC_MICROS = pl.Datetime("us", "UTC")
 
@@ -188,18 +188,6 @@ def capped_context(tracks: pl.DataFrame, day_columns: set[str]) -> pl.DataFrame:
     room = max(0, MAX_CONTEXT_COLUMNS - len(day_columns))
     day_columns.update(new[:room])
     return fold_context_columns(tracks, new[room:]) if len(new) > room else tracks
-
-
-def corrected_timestamp() -> pl.Expr:
-    """Segment's skew correction: receivedAt − (sentAt − originalTimestamp) when no timestamp."""
-    ts, original, sent, received = (pl.col(n) for n in ("timestamp", "original_timestamp", "sent_at", "received_at"))
-    return (
-        pl.when(ts.is_not_null())
-        .then(ts)
-        .when(original.is_not_null() & sent.is_not_null() & received.is_not_null())
-        .then(received - (sent - original))
-        .otherwise(pl.coalesce(original, pl.col("occurred_at"), received))
-    )
 
 
 def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:

@@ -76,6 +76,10 @@ ISO_8601 = re.compile(
 DECIMAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ONE_MICROSECOND = dt.timedelta(microseconds=1)
+# Instants in UTC years 1-9999, the range Python (an analyst's client) can hold: "0001-01-01T00:00
+# +01:00" is year 0 in UTC, which Parquet and DuckDB store but fetching it into Python fails.
+FIRST_MICROS = (dt.datetime(1, 1, 1, tzinfo=dt.UTC) - EPOCH) // ONE_MICROSECOND
+LAST_MICROS = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC) - EPOCH) // ONE_MICROSECOND
 
 
 class Invalid:
@@ -183,7 +187,8 @@ def iso_8601_micros(value: str) -> int | Invalid:
         return INVALID
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return (parsed - EPOCH) // ONE_MICROSECOND
+    micros = (parsed - EPOCH) // ONE_MICROSECOND
+    return micros if FIRST_MICROS <= micros <= LAST_MICROS else INVALID
 
 
 # The shapes SDKs send ("2024-01-15T10:30:00.123Z", or "+00:00" as Python's isoformat writes),
@@ -203,12 +208,31 @@ def sdk_timestamp_micros(texts: pl.DataFrame) -> pl.DataFrame:
     chrono's RFC 3339 parser (`%+`, 0.2 µs a value) once the shape is known; Arrow's cast is
     faster (0.03 µs) but importing pyarrow costs each worker 34 MB, measured.
     """
+    micros = {name: pl.col(name).str.strptime(pl.Datetime("us", "UTC"), "%+", strict=False).dt.epoch("us") for name in texts.columns}
     return texts.select(
-        pl.when(pl.col(name).str.contains(SDK_TIMESTAMP)).then(
-            pl.col(name).str.strptime(pl.Datetime("us", "UTC"), "%+", strict=False).dt.epoch("us")
-        ).alias(name)
+        pl.when(pl.col(name).str.contains(SDK_TIMESTAMP) & micros[name].is_between(FIRST_MICROS, LAST_MICROS))
+        .then(micros[name])
+        .alias(name)
         for name in texts.columns
     )
+
+
+def corrected_timestamp() -> pl.Expr:
+    """Segment's skew correction: receivedAt − (sentAt − originalTimestamp) when no timestamp."""
+    ts, original, sent, received = (pl.col(n) for n in ("timestamp", "original_timestamp", "sent_at", "received_at"))
+    return (
+        pl.when(ts.is_not_null())
+        .then(ts)
+        .when(original.is_not_null() & sent.is_not_null() & received.is_not_null())
+        .then(received - (sent - original))
+        .otherwise(pl.coalesce(original, pl.col("occurred_at"), received))
+    )
+
+
+SKEW_OUT_OF_RANGE = (
+    "invalid_timestamp",
+    "timestamp corrected for clock skew, receivedAt − (sentAt − originalTimestamp), falls outside years 1–9999",
+)
 
 
 def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tuple[str, str] | None:
@@ -217,7 +241,7 @@ def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tu
     if not bad:
         return None
     shown = short_repr(texts[TIMESTAMP_LABELS.index(bad[0])])
-    return "invalid_timestamp", f"{', '.join(bad)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z): {shown}"
+    return "invalid_timestamp", f"{', '.join(bad)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z) in UTC years 1–9999: {shown}"
 
 
 def as_float(value: int) -> float | Invalid:
@@ -718,15 +742,17 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
     settled: list[list[int | None]] = []
     # Other shapes (offsets such as "+00:00", dates alone) are parsed one by one, in bulk here:
     # a client whose SDK writes them all must not pay a Polars call per value.
+
+    def reject(row: int, failure: tuple[str, str]) -> None:
+        line_number, batch_index = result.accepted_line[row], result.accepted_batch_index[row]
+        result.reject(line_number, batch_index, originals.at(line_number, batch_index), [failure], result.accepted[row].message_id)
+        rejected.add(row)
+
     for row, *row_texts in to_parse:
         exact = [parse_timestamp(text) for text in row_texts]
         failure = timestamp_failure(row_texts, exact)
         if failure:
-            line_number, batch_index = result.accepted_line[row], result.accepted_batch_index[row]
-            result.reject(
-                line_number, batch_index, originals.at(line_number, batch_index), [failure], result.accepted[row].message_id,
-            )
-            rejected.add(row)
+            reject(row, failure)
         else:
             settled_rows.append(row)
             settled.append(exact)
@@ -735,6 +761,11 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
             times[name].scatter(settled_rows, [values[index] for values in settled])
             for index, name in enumerate(TIME_COLUMNS)
         ])
+    # Each time is in range, yet the correction may not be (sentAt 9999 against 0001 elsewhere).
+    corrected = times.select(corrected_timestamp().is_between(FIRST_MICROS, LAST_MICROS).not_().fill_null(False))
+    for row in corrected.to_series().arg_true().to_list():
+        if row not in rejected:
+            reject(row, SKEW_OUT_OF_RANGE)
     if rejected:
         keep = [row not in rejected for row in range(times.height)]
         result.accepted, result.accepted_line, result.accepted_batch_index = (

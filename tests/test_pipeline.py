@@ -269,7 +269,7 @@ def test_a_quarantined_message_repeating_an_accepted_id_also_fails_duplicate_mes
     assert quarantine_rows(warehouse).sort("line_number").select("line_number", "reasons", "message").rows() == [
         (2, ["missing_event", "duplicate_message_id"], "Missing required field: event (also: duplicate_message_id)"),
         (3, ["invalid_timestamp", "duplicate_message_id"],
-         "timestamp not ISO-8601 (e.g. 2024-01-15T10:30:00Z): 'yesterday' (also: duplicate_message_id)"),
+         "timestamp not ISO-8601 (e.g. 2024-01-15T10:30:00Z) in UTC years 1–9999: 'yesterday' (also: duplicate_message_id)"),
     ]
 
 

@@ -502,7 +502,28 @@ def test_vectorized_timestamp_short_cut_types_only_what_the_exact_parser_accepts
 def test_vectorized_timestamp_short_cut_types_the_sdk_shapes_itself(moment, precision, zone):
     value = moment.isoformat(timespec=precision) + zone
     short_cut = sdk_timestamp_micros(pl.DataFrame({"t": [value]})).item()
-    assert short_cut == iso_8601_micros.__wrapped__(value)
+    exact = iso_8601_micros.__wrapped__(value)
+    assert short_cut == (None if exact is INVALID else exact)  # past UTC 1-9999: left to the exact parser
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-02:00", "0001-01-01"])
+@pytest.mark.parametrize("messages", [1, validate_module.VECTORIZED_FROM], ids=["exact parser", "vectorized"])
+def test_a_time_outside_utc_years_1_to_9999_is_invalid_timestamp(value, messages):
+    # Parquet and DuckDB hold year 0 and 10000, but an analyst's Python client cannot fetch them.
+    result = validate(*[track(timestamp=value, messageId=f"m{n}") for n in range(messages)])
+    if value == "0001-01-01":
+        assert len(result.accepted) == messages
+    else:
+        assert result.accepted == [] and {r[0] for r in result.quarantine_reasons} == {"invalid_timestamp"}
+        assert "in UTC years 1–9999" in result.quarantine_message[0]
+
+
+def test_a_skew_correction_outside_utc_years_1_to_9999_is_invalid_timestamp():
+    skewed = track(originalTimestamp="0001-01-01T00:00:00Z", sentAt="9999-12-31T00:00:00Z", receivedAt="2025-02-28T00:00:00Z")
+    result = validate(skewed, track(originalTimestamp="2025-02-27T23:59:00Z", sentAt="2025-02-28T00:00:00Z", receivedAt="2025-02-28T00:00:05Z"))
+    assert result.quarantine_reasons == [["invalid_timestamp"]] and result.quarantine_line == [1]
+    assert result.quarantine_message[0].startswith("timestamp corrected for clock skew")
+    assert result.times["original_timestamp"].to_list() == [micros("2025-02-27T23:59:00+00:00")]
 
 
 def test_messages_around_a_late_invalid_timestamp_keep_their_own_times():
