@@ -208,7 +208,7 @@ def sdk_timestamp_micros(texts: pl.DataFrame) -> pl.DataFrame:
     chrono's RFC 3339 parser (`%+`, 0.2 µs a value) once the shape is known; Arrow's cast is
     faster (0.03 µs) but importing pyarrow costs each worker 34 MB, measured.
     """
-    micros = {name: pl.col(name).str.strptime(pl.Datetime("us", "UTC"), "%+", strict=False).dt.epoch("us") for name in texts.columns}
+    micros = {n: pl.col(n).str.strptime(pl.Datetime("us", "UTC"), "%+", strict=False).dt.epoch("us") for n in texts.columns}
     return texts.select(
         pl.when(pl.col(name).str.contains(SDK_TIMESTAMP) & micros[name].is_between(FIRST_MICROS, LAST_MICROS))
         .then(micros[name])
@@ -245,8 +245,8 @@ def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tu
 
 
 def as_float(value: int) -> float | Invalid:
-    """An integer as a double (a float column, `revenue`), past 64 bits too (2**63 is a double exactly); only one
-    beyond the double range (about 1.8e308) does not fit."""
+    """An integer as a double (a float column, `revenue`), past 64 bits too (2**63 is a double
+    exactly); only one beyond the double range (about 1.8e308) does not fit."""
     try:
         return float(value)
     except OverflowError:
@@ -658,8 +658,8 @@ def check_like_orjson(value: Any) -> None:
 
 def exact_json(line: bytes, checked: bool) -> Any:
     """The standard library's reading, which keeps integers past 64 bits exact. Unless orjson has
-    `checked` the line, refuse what orjson would: constants, floats past the double range, and
-    unpaired surrogates (encoded in UTF-8 too) and depth, as above."""
+    `checked` the line, it refuses what orjson would: NaN and Infinity, a float past the double
+    range, an unpaired surrogate (escaped, or encoded in UTF-8) and nesting past JSON_MAX_DEPTH."""
     make_room_for_deep_json(line.count(b"[") + line.count(b"{"))  # no deeper than it opens
     if checked:
         return json.loads(line)
