@@ -257,9 +257,15 @@ class ChunkWorkers(ProcessPoolExecutor):
 
     def stop(self) -> None:
         """End the workers now, dropping their chunks: waiting for them after an interrupt hung
-        once in some 40 Ctrl-Cs (a worker blocked on the result queue), holding the day's lock."""
+        once in some 40 Ctrl-Cs (a worker blocked on the result queue), holding the day's lock.
+
+        A worker killed while sending a result leaves half of it in the result pipe, and the
+        pool's thread (then the interpreter's exit) would wait for the rest for ever: closing
+        this process's end of the pipe lets that thread read its end and give up."""
         for process in list((self._processes or {}).values()):
             process.terminate()
+        if self._result_queue is not None:
+            self._result_queue._writer.close()
         self.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, fn, /, *args, **kwargs):

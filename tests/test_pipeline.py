@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import signal
+import struct
 import sys
 import threading
 import time
@@ -652,6 +653,28 @@ def test_stopping_the_workers_ends_a_chunk_in_progress():
         time.sleep(0.01)
     pool.stop()
     assert isinstance(chunk.exception(timeout=60), BrokenProcessPool)
+
+
+def send_half_a_result_then_hang(marker: str) -> None:
+    """Runs in a pool worker: write the length of a result into the pool's result pipe, but not
+    the result, as a worker killed mid-send leaves it."""
+    frame = sys._getframe()
+    while "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 1_000))
+    Path(marker).touch()
+    time.sleep(600)
+
+
+def test_stopping_a_worker_killed_mid_result_leaves_no_thread_waiting_for_the_rest(tmp_path):
+    pool = ChunkWorkers(1)
+    pool.submit(send_half_a_result_then_hang, str(tmp_path / "sent"))
+    while not (tmp_path / "sent").exists():
+        time.sleep(0.01)
+    manager = pool._executor_manager_thread
+    pool.stop()
+    manager.join(timeout=30)  # else the interpreter's exit joins it, and hangs
+    assert not manager.is_alive()
 
 
 def test_a_load_that_stops_midway_stops_its_workers(logs, monkeypatch):
