@@ -201,12 +201,16 @@ def format_summaries(summaries: list[DaySummary]) -> str:
     return "\n".join(lines)
 
 
-def failure_cause(result: dg.ExecuteInProcessResult) -> str:
-    """The exception that failed the run, in one line (Dagster's own message only names the step);
-    with TRACKHOUSE_DEBUG set, its traceback goes to stderr too."""
+# How an interrupt reaches a run's failure: Dagster's, Python's, DuckDB's (new, and old clients).
+INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException", "RuntimeError: Query interrupted"}
+
+
+def failure_cause(result: dg.ExecuteInProcessResult) -> str | None:
+    """The exception that failed the run, in one line (Dagster's own message only names the step),
+    or None when none is recorded; with TRACKHOUSE_DEBUG set, its traceback goes to stderr too."""
     errors = [e.event_specific_data.error for e in result.all_events if e.is_failure and getattr(e.event_specific_data, "error", None)]
     if not errors:
-        return "see the Dagster run log"
+        return None
     if os.environ.get("TRACKHOUSE_DEBUG"):
         print(errors[0].to_string(), file=sys.stderr)
     cause = errors[0].cause or errors[0]
@@ -223,10 +227,10 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
     )
     if not result.success:
         cause = failure_cause(result)
-        if "interrupt" in cause.lower():  # Dagster's, DuckDB's, or a KeyboardInterrupt
+        if cause is not None and (cause in INTERRUPTIONS or cause.partition(":")[0] in INTERRUPTIONS):
             raise Interrupted(INTERRUPTED.format(what=what))
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
-        raise RuntimeError(f"{what} failed: {cause} ({more})")
+        raise RuntimeError(f"{what} failed: {cause or 'see the Dagster run log'} ({more})")
     errors = []
     for check in result.get_asset_check_evaluations():
         if not check.passed:

@@ -16,7 +16,7 @@ from dagster_project import assets
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
 from etl import checks
-from etl.pipeline import DaySummary
+from etl.pipeline import DaySummary, MissingLogs
 
 
 def run(*args: str) -> int:
@@ -122,16 +122,21 @@ def test_a_failed_run_prints_one_line_naming_the_cause(logs, warehouse, capsys):
     assert err[-1].startswith(f"etl: loading 2025-01-14 failed: FileExistsError: [Errno 17] File exists: '{warehouse / 'tracks'}'")
 
 
-def test_an_interrupted_run_exits_130_with_one_line_saying_to_rerun(logs, warehouse, capsys, monkeypatch):
+@pytest.mark.parametrize(("error", "status", "said"), [
+    (KeyboardInterrupt(), 130, "etl: interrupted while loading 2025-01-14: "),
+    (RuntimeError("Query interrupted"), 130, "etl: interrupted while loading 2025-01-14: "),  # DuckDB's, older clients
+    (MissingLogs("no log files in /srv/after-interrupt/2025-01-14"), 1, "etl: loading 2025-01-14 failed: MissingLogs: "),
+], ids=["Ctrl-C", "DuckDB interrupted", "a failure naming an interrupt"])
+def test_an_interrupted_run_exits_130_with_one_line_saying_to_rerun(logs, warehouse, capsys, monkeypatch, error, status, said):
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    def failing(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(assets, "load_day", interrupted)
-    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 130
+    monkeypatch.setattr(assets, "load_day", failing)
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == status
     err = capsys.readouterr().err.splitlines()
-    assert err[-1].startswith("etl: interrupted while loading 2025-01-14: ") and "rerun the same command" in err[-1]
+    assert err[-1].startswith(said) and ("rerun the same command" in err[-1]) == (status == 130)
     assert [line for line in err if not line.startswith("loading ")] == [err[-1]]
 
 
