@@ -36,7 +36,7 @@ MEMORY_LIMIT = "512MB"
 ROW_GROUP_BYTES = "32MB"
 SOURCES = ("tracks",)
 SEEDS = {
-    "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DECIMAL(18, 10)"},
+    "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DECIMAL(20, 14)"},
     "goals": {"name": "VARCHAR", "default_value_cents": "BIGINT"},
 }
 
@@ -102,13 +102,27 @@ def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds
         path = seeds_dir / f"{seed}.csv"
         if not path.exists():
             raise ModelError(f"seed {path} is missing: add it with a header row {','.join(columns)}")
-        types = "{" + ", ".join(f"{quote_literal(n)}: {quote_literal(t)}" for n, t in columns.items()) + "}"
+        expected = ", ".join(f"{n} {t}" for n, t in columns.items())
         try:
-            connection.execute(f"create table {seed} as select * from read_csv({quote_literal(str(path))}, header = true, columns = {types})")
+            connection.execute(f"create table {seed} as select * from {read_seed(path, columns)}")
         except duckdb.Error as error:
             detail = " ".join(line.strip() for line in str(error).splitlines()[:3] if line.strip())
-            expected = ", ".join(f"{n} {t}" for n, t in columns.items())
             raise ModelError(f"seed {path}: {detail} (columns must read as {expected}: fix that row)") from None
+        # DuckDB rounds a decimal with more places than its column in silence (a rate of
+        # 0.000061728395 in DECIMAL(18, 10) lost 5 cents on a billion IDR): refuse it instead.
+        for name in [n for n, kind in columns.items() if kind.startswith("DECIMAL")]:
+            column = quote_identifier(name)
+            rounded = connection.execute(
+                f"select {column} from {read_seed(path, dict.fromkeys(columns, 'VARCHAR'))} "
+                f"where cast({column} as DECIMAL(38, 30)) <> cast({column} as {columns[name]})"
+            ).fetchall()
+            if rounded:
+                raise ModelError(f"seed {path}: {name} {rounded[0][0]} has more decimals than {columns[name]} keeps: round it to that many")
+
+
+def read_seed(path: Path, columns: dict[str, str]) -> str:
+    types = "{" + ", ".join(f"{quote_literal(n)}: {quote_literal(t)}" for n, t in columns.items()) + "}"
+    return f"read_csv({quote_literal(str(path))}, header = true, columns = {types})"
 
 
 def bounded_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:

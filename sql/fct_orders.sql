@@ -1,7 +1,7 @@
 -- One row per event with a revenue, in its own currency and in USD (the rate of the event's
 -- date, else the latest earlier one; NULL, never 0, without any), with the user's first-touch
 -- campaign source. Money is DECIMAL(18, 4): exact sums, and 4 decimals cover every ISO 4217
--- minor unit; rates are DECIMAL(18, 10), so revenue_usd is rounded exactly (half away from
+-- minor unit; rates are DECIMAL(20, 14), so revenue_usd is rounded exactly (half away from
 -- zero). An amount of 10^14 or more is no order: it is NULL here (tracks keeps it), so one
 -- absurd line cannot overflow the refresh.
 with tracks as (

@@ -264,11 +264,12 @@ def test_revenue_usd_rounds_the_exact_product_half_away_from_zero(logs, warehous
     write_log(logs / "2025-01-15" / "a.ndjson", [
         order("h-1", "u-1", "2025-01-14T08:00:00Z", 0.5, "GBP"),
         order("h-2", "u-1", "2025-01-14T09:00:00Z", 1.5, "EUR"),
+        order("h-3", "u-1", "2025-01-14T10:00:00Z", 1_000_000_000, "IDR"),
     ])
-    rates = [("GBP", "2025-01-14", "1.2307"), ("EUR", "2025-01-14", "1.0243")]
+    rates = [("GBP", "2025-01-14", "1.2307"), ("EUR", "2025-01-14", "1.0243"), ("IDR", "2025-01-14", "0.000061728395")]
     build(logs, warehouse, write_seeds(tmp_path / "seeds", rates), ["2025-01-15"])
     assert query(warehouse, "select message_id, revenue_usd from fct_orders order by 1") == [
-        ("h-1", Decimal("0.6154")), ("h-2", Decimal("1.5365")),
+        ("h-1", Decimal("0.6154")), ("h-2", Decimal("1.5365")), ("h-3", Decimal("61728.3950")),
     ]
 
 
@@ -457,13 +458,17 @@ def test_models_depending_on_each_other_in_a_cycle_are_a_model_error(tmp_path):
         build_order(load_models(sql))
 
 
-def test_a_seed_rate_that_is_no_decimal_is_a_one_line_model_error_naming_the_row(logs, warehouse, tmp_path):
+@pytest.mark.parametrize(("rate", "said"), [
+    ("one", "GBP,2025-01-14,one"), ("0.000000000000001", "rate_to_usd 0.000000000000001 has more decimals than DECIMAL(20, 14) keeps"),
+], ids=["not a number", "past 14 decimals"])
+def test_a_seed_rate_that_is_no_decimal_is_a_one_line_model_error_naming_the_row(logs, warehouse, tmp_path, rate, said):
+    # DuckDB would round the second one in silence.
     write_log(logs / "2025-01-15" / "a.ndjson", [order("o-1", "u-1", "2025-01-14T08:00:00Z", 1, "EUR")])
-    seeds = write_seeds(tmp_path / "seeds", [("EUR", "2025-01-14", "1.1"), ("GBP", "2025-01-14", "one")])
+    seeds = write_seeds(tmp_path / "seeds", [("EUR", "2025-01-14", "1.1"), ("GBP", "2025-01-14", rate)])
     with pytest.raises(ModelError) as caught:
         build(logs, warehouse, seeds, ["2025-01-15"])
     message = str(caught.value)
-    assert "\n" not in message and "fx_rates.csv" in message and "GBP,2025-01-14,one" in message
+    assert "\n" not in message and "fx_rates.csv" in message and said in message
 
 
 def test_a_refresh_over_hundreds_of_context_columns_stays_within_its_memory_limit(logs, warehouse, monkeypatch):
