@@ -173,7 +173,8 @@ SUMMARY_COLUMNS = (
 
 
 def summary_cells(s: DaySummary) -> list[str]:
-    """A day's counts: messages (a batch line holds several) = accepted + quarantined."""
+    """A day's counts. Messages (a batch line holds several) are accepted or quarantined; an
+    unreadable file adds one quarantine row that is no message."""
     counts = (len(s.files), s.lines, s.blank_lines, s.messages, s.accepted, s.quarantined, s.duplicates, len(s.event_rows), s.discards)
     return [s.received_date, *map(str, counts)]
 
