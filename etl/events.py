@@ -170,25 +170,33 @@ def empty_discards() -> pl.DataFrame:
     return pl.DataFrame(schema=DISCARDS_SCHEMA)
 
 
-def register_columns(registry: SchemaRegistry, event: str, cells: dict, keep: list[bool] | None) -> dict[str, Column]:
+def register_columns(
+    registry: SchemaRegistry, event: str, cells: dict, keep: list[bool] | None,
+) -> tuple[dict[str, Column], dict[str, int]]:
     """Ask the registry only when this chunk brings a path it lacks or an int column sees a float.
-    Values of dropped rows (`keep` false: duplicates) never name or type a column."""
+    Values of dropped rows (`keep` false: duplicates) never name or type a column.
+
+    Also returns, for each path that was int until a float came in this chunk, where that float
+    is among its values: the values before it are judged as an int column's, as they would be in
+    a chunk of their own (else a value's fate would depend on where chunks happen to end)."""
     known = registry.columns(event)
-    proposals = {}
+    proposals, int_until = {}, {}
     for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
         if column is not None and column.type != "int":
             continue
-        if keep is not None:
-            values = [v for r, v in zip(rows, values) if keep[r]]
-            if not values:
-                continue
+        kept = [i for i, r in enumerate(rows) if keep[r]] if keep is not None else range(len(values))
+        if not kept:
+            continue
+        first_float = next((i for i in kept if type(values[i]) is float), None)
+        if first_float is not None and (column is not None or value_type(values[kept[0]]) == "int"):
+            int_until[key] = first_float
         if column is None:
-            proposals[key] = (path, first_seen_type(values))
-        elif any(type(v) is float for v in values):
+            proposals[key] = (path, first_seen_type([values[i] for i in kept]))
+        elif first_float is not None:
             proposals[key] = (path, "float")
-    return registry.register(event, proposals) if proposals else known
+    return (registry.register(event, proposals) if proposals else known), int_until
 
 
 def event_tables(
@@ -212,7 +220,7 @@ def event_tables(
             keep = None
         if keep is not None and not any(keep):
             continue
-        columns = register_columns(registry, event, sink.cells, keep)
+        columns, int_until = register_columns(registry, event, sink.cells, keep)
         height = len(sink.positions)
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
         # cost on a chunk's few hundred rows, paid per event table in the main process.
@@ -225,10 +233,14 @@ def event_tables(
             if column is None:
                 out.over_cap_values += len(values)
                 continue
-            typed = converted_column(values, column.type)
+            split = int_until.get(path_key(path)) if column.type == "float" else None
+            if split is None:
+                typed = converted_column(values, column.type)
+            else:
+                typed = [*converted_column(values[:split], "int"), *converted_column(values[split:], "float")]
             misfit = []
             if typed is not values and any(t is INVALID for t in typed):
-                misfit = [(r, v) for r, v, t in zip(rows, values, typed) if t is INVALID and (keep is None or keep[r])]
+                misfit = [(i, r, v) for i, (r, v, t) in enumerate(zip(rows, values, typed)) if t is INVALID and (keep is None or keep[r])]
                 fitting = [(r, t) for r, t in zip(rows, typed) if t is not INVALID]
                 rows, typed = [r for r, _ in fitting], [t for _, t in fitting]
             dtype = pl.Int64() if column.type == "timestamp" else POLARS_TYPES[column.type]
@@ -241,10 +253,10 @@ def event_tables(
             if misfit:
                 out.discards.append(pl.DataFrame({
                     "event": [event] * len(misfit),
-                    "message_id": message_ids.gather([sink.positions[r] for r, _ in misfit]),
+                    "message_id": message_ids.gather([sink.positions[r] for _, r, _ in misfit]),
                     "column_name": [column.name] * len(misfit),
-                    "value": [json_text(v) for _, v in misfit],
-                    "expected_type": [column.type] * len(misfit),
+                    "value": [json_text(v) for _, _, v in misfit],
+                    "expected_type": ["int" if split is not None and i < split else column.type for i, _, _ in misfit],
                 }, schema=DISCARDS_SCHEMA))
         properties = [s for _, s in sorted(series, key=lambda item: item[0])]
         frame = base.hstack(properties) if properties else base

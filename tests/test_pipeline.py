@@ -639,6 +639,30 @@ def test_chunk_workers_start_without_rerunning_the_parents_main_module(tmp_path,
     assert sys.modules["__main__"] is heavy_main
 
 
+PROPERTY_VALUES = st.one_of(
+    st.sampled_from([0, 7, -(2**63) - 1, 2**64, 1.5, -0.25, True, False, None, "x", "2025-01-15T10:00:00Z", [1]]),
+    st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3),
+)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(PROPERTY_VALUES, PROPERTY_VALUES), min_size=1, max_size=12))
+def test_event_columns_and_discards_do_not_depend_on_where_chunks_end(tmp_path_factory, values):
+    # An int column that meets a float widens there: the values before it were judged as an
+    # int column's, whether the float came in the same chunk or a later one.
+    root = tmp_path_factory.mktemp("chunks")
+    write_log(root / "logs" / DAY / "a.ndjson", [  # the standard library writes integers past 64 bits
+        json.dumps(track("E", messageId=f"m{i}", properties={"n": n, "nested": {"m": m}})) for i, (n, m) in enumerate(values)
+    ])
+    one_chunk = loaded_tables(root / "logs", root / "one")[1]
+    chunk_per_line = loaded_tables(root / "logs", root / "per-line", chunk_bytes=1)[1]
+    assert one_chunk.keys() == chunk_per_line.keys()
+    for table, rows in one_chunk.items():
+        if table == "discards":  # written column by column in a chunk, row by row across chunks
+            rows, chunk_per_line[table] = (t.sort("message_id", "column_name") for t in (rows, chunk_per_line[table]))
+        assert rows.equals(chunk_per_line[table]), table
+
+
 def test_workers_leave_ctrl_c_to_the_main_process():
     with ChunkWorkers(1) as pool:
         assert pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
