@@ -42,10 +42,10 @@ def snake_case(text: str) -> str:
             following = text[index + 1] if index + 1 < len(text) else ""
             if previous in ("lower", "digit") or (previous == "upper" and following.islower()):
                 out.append("_")
-            out.append(char.lower())
+            out.append(char)
             previous = "upper"
         elif char.isalpha():
-            out.append(char.lower())
+            out.append(char)
             previous = "lower"
         elif char.isdecimal():
             out.append(char)
@@ -56,7 +56,8 @@ def snake_case(text: str) -> str:
             if previous != "separator":
                 out.append("_")
             previous = "separator"
-    return "".join(out).strip("_")
+    # Lower-cased whole, not letter by letter: a word-final capital sigma is `ς` (`ΟΔΟΣ` → `οδος`).
+    return "".join(out).lower().strip("_")
 
 
 def bounded(name: str) -> str:

@@ -43,7 +43,7 @@ def registered(warehouse: Path, event: str) -> list[tuple[str, str]]:
         ("p000", "p000"), ("address2", "address2"), ("line2Text", "line2_text"),
         ("Straße Nummer", "straße_nummer"), ("--weird  key--", "weird_key"),
         ("हिन्दी नाम", "हिन्दी_नाम"), ("e\u0301t\u00e9", "été"), ("Preis٣", "preis٣"),
-        ("x²", "x"), ("½ off", "off"), ("Ⅻ Tour", "tour"),
+        ("x²", "x"), ("½ off", "off"), ("Ⅻ Tour", "tour"), ("ΟΔΟΣ Αθηνάς", "οδος_αθηνάς"),
     ],
     ids=repr,
 )
