@@ -27,8 +27,9 @@ from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 MARTS = "marts"
-# The received days the marts were last built from: the model checks compare the marts with
-# those days of `tracks` only (a day published since waits for the next refresh).
+# The received days the marts were last built from, each with its `tracks` files: the model
+# checks compare the marts with those days only, as they were (a day published or run again
+# since has other files, and waits for the next refresh).
 MODELLED_DAYS = ".modelled_days.json"
 MEMORY_LIMIT = "512MB"
 # DuckDB's Parquet writer holds a row group (122,880 rows by default) in memory: with hundreds of
@@ -157,8 +158,7 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
         connection = bounded_connection(staging / ".spill")
         try:
             create_sources(connection, warehouse, seeds_dir or sql_dir / "seeds", models)
-            days = [str(day) for (day,) in connection.execute("select distinct received_date from tracks order by 1").fetchall()]
-            (staging / MODELLED_DAYS).write_text(json.dumps(days))
+            (staging / MODELLED_DAYS).write_text(json.dumps(tracks_parts(warehouse)))
             for name in order:
                 (staging / name).mkdir()
                 target = quote_literal(str(staging / name / f"{name}-{run_token}.parquet"))
@@ -178,7 +178,19 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
     return rows
 
 
-def modelled_days(warehouse: Path) -> list[str] | None:
-    """The received days of the last refresh, or None before the first one."""
+def tracks_parts(warehouse: Path) -> dict[str, list[str]]:
+    """Each received day's `tracks` files (named after the run that wrote them)."""
+    return {
+        folder.name.partition("=")[2]: sorted(part.name for part in folder.glob("*.parquet"))
+        for folder in sorted((warehouse / "tracks").glob("received_date=*"))
+    }
+
+
+def modelled_days(warehouse: Path) -> tuple[list[str], list[str]] | None:
+    """The received days the last refresh read: those still as it read them, and those run again
+    since; None before the first refresh."""
     path = warehouse / MODELLED_DAYS
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    current, read = tracks_parts(warehouse), json.loads(path.read_text())
+    return [day for day in read if current.get(day) == read[day]], [day for day in read if current.get(day) != read[day]]
