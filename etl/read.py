@@ -229,53 +229,61 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
         next_line += chunk.blob.count(b"\n") + 1
         return chunk, data[cut + 1 :]
 
-    try:
-        for block in _decoded_blocks(path, min(READ_BLOCK, chunk_bytes)):
-            if long_start is not None:
-                end = block.find(b"\n")
-                long_length += len(block) if end < 0 else end
-                if end < 0:
-                    continue
-                yield LongLine(source_file, next_line, long_start, long_length)
-                next_line, long_start, block = next_line + 1, None, block[end + 1 :]
-            parts.append(block)
-            size += len(block)
-            in_block = block.count(b"\n")
-            newlines += in_block
-            if in_block and tail + block.find(b"\n") > MAX_LINE_BYTES:
-                # A line that ends in this block yet began more than MAX_LINE_BYTES before.
-                data, ending = b"".join(parts), block.find(b"\n")
-                start = len(data) - len(block) - tail
-                if start:
-                    chunk, _ = complete_lines(data[:start])
-                    yield chunk
-                yield LongLine(source_file, next_line, data[start : start + MAX_LINE_BYTES], tail + ending)
-                rest = block[ending + 1 :]
-                next_line, parts, size, newlines = next_line + 1, [rest], len(rest), in_block - 1
-                tail = len(rest) - rest.rfind(b"\n") - 1 if newlines else len(rest)
-                continue
-            tail = len(block) - block.rfind(b"\n") - 1 if in_block else tail + len(block)
-            if tail > MAX_LINE_BYTES:
-                chunk, rest = complete_lines(b"".join(parts))
-                if chunk is not None:
-                    yield chunk
-                long_start, long_length = rest[:MAX_LINE_BYTES], len(rest)
-                parts, size, newlines, tail = [], 0, 0, 0
-                continue
-            # Blocks are joined only when a full chunk has a line end to cut at: a line longer
-            # than a chunk is gathered whole and joined once (joining it again at every block
-            # took 10 s for a 94 MB one-line `.json` export, quadratic in its length).
-            if (size < chunk_bytes and newlines < CHUNK_LINES) or not in_block:
-                continue
+    def take(block: bytes) -> Iterator[Piece]:
+        """The pieces one more block of decompressed bytes completes."""
+        nonlocal parts, size, newlines, tail, next_line, long_start, long_length
+        if long_start is not None:
+            end = block.find(b"\n")
+            long_length += len(block) if end < 0 else end
+            if end < 0:
+                return
+            yield LongLine(source_file, next_line, long_start, long_length)
+            next_line, long_start, block = next_line + 1, None, block[end + 1 :]
+        parts.append(block)
+        size += len(block)
+        in_block = block.count(b"\n")
+        newlines += in_block
+        if in_block and tail + block.find(b"\n") > MAX_LINE_BYTES:
+            # A line that ends in this block yet began more than MAX_LINE_BYTES before.
+            data, ending = b"".join(parts), block.find(b"\n")
+            start = len(data) - len(block) - tail
+            if start:
+                chunk, _ = complete_lines(data[:start])
+                yield chunk
+            yield LongLine(source_file, next_line, data[start : start + MAX_LINE_BYTES], tail + ending)
+            rest = block[ending + 1 :]
+            next_line, parts, size, newlines = next_line + 1, [rest], len(rest), in_block - 1
+            tail = len(rest) - rest.rfind(b"\n") - 1 if newlines else len(rest)
+            return
+        tail = len(block) - block.rfind(b"\n") - 1 if in_block else tail + len(block)
+        if tail > MAX_LINE_BYTES:
             chunk, rest = complete_lines(b"".join(parts))
-            parts, size, newlines = [rest], len(rest), 0
             if chunk is not None:
                 yield chunk
+            long_start, long_length = rest[:MAX_LINE_BYTES], len(rest)
+            parts, size, newlines, tail = [], 0, 0, 0
+            return
+        # Blocks are joined only when a full chunk has a line end to cut at: a line longer
+        # than a chunk is gathered whole and joined once (joining it again at every block
+        # took 10 s for a 94 MB one-line `.json` export, quadratic in its length).
+        if (size < chunk_bytes and newlines < CHUNK_LINES) or not in_block:
+            return
+        chunk, rest = complete_lines(b"".join(parts))
+        parts, size, newlines = [rest], len(rest), 0
+        if chunk is not None:
+            yield chunk
+
+    try:
+        for block in _decoded_blocks(path, min(READ_BLOCK, chunk_bytes)):
+            yield from take(block)
     except (GzipBroken, OSError) as error:
+        # What was decompressed before the break is read like any block: it may end a long line
+        # and hold whole lines after it.
+        yield from take(getattr(error, "tail", b""))
         if long_start is not None:
             partial = long_start
         else:
-            chunk, partial = complete_lines(b"".join(parts) + getattr(error, "tail", b""))
+            chunk, partial = complete_lines(b"".join(parts))
             if chunk is not None:
                 yield chunk
         yield FileBreak(source_file, next_line, partial, f"{type(error).__name__}: {error}")

@@ -297,6 +297,31 @@ def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path
     assert isinstance(last, FileBreak) and (last.line_number, last.partial_line) == (2, b"x" * 1_000)
 
 
+def test_a_gzip_breaking_after_a_long_line_reads_what_it_salvaged_whatever_the_block_size(tmp_path, monkeypatch):
+    # What decompresses before the break can end a long line being read past and hold lines after
+    # it: they were lost, or the long line became the break's partial line, with small blocks.
+    monkeypatch.setattr(etl.read, "MAX_LINE_BYTES", 300)
+    data = b"\n".join([b'{"a":1}', b"x" * 400, b'{"b":2}', b'{"c":3}']) + b"\n"
+    for cut in range(1, 30):
+        path = write(tmp_path / f"cut{cut}.ndjson.gz", gzip.compress(data, mtime=0)[:-cut])
+        outcomes = set()
+        for block, chunk_bytes in ((64, 1 << 22), (1, 1), (64, 1), (7, 50)):
+            monkeypatch.setattr(etl.read, "READ_BLOCK", block)
+            outcome = []
+            for piece in read_chunks(path, "a", chunk_bytes):
+                if isinstance(piece, LineChunk):
+                    outcome += [(piece.first_line_number + i, line) for i, line in enumerate(piece.lines())]
+                elif isinstance(piece, LongLine):
+                    outcome.append((piece.line_number, "long", piece.length))
+                else:
+                    outcome.append((piece.line_number, "break", piece.partial_line))
+            outcomes.add(tuple(outcome))
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        *complete, partial = (decompressor.decompress(path.read_bytes()) + decompressor.flush()).split(b"\n")
+        expected = [(n, "long", len(line)) if len(line) > 300 else (n, line) for n, line in enumerate(complete, 1)]
+        assert outcomes == {(*expected, (len(complete) + 1, "break", partial[:300]))}, cut
+
+
 def test_small_chunks_join_in_order_up_to_one_chunk_and_a_break_passes_between(monkeypatch):
     monkeypatch.setattr(etl.read, "CHUNK_LINES", 4)
     pieces = [
