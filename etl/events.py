@@ -115,14 +115,6 @@ def value_type(value: Any) -> str:
     return "string" if timestamp is INVALID else "timestamp"
 
 
-def first_seen_type(values: list[Any]) -> str:
-    """The type of the first value; an int column seeing a float in the same chunk widens to float."""
-    kind = value_type(values[0])
-    if kind == "int" and any(type(v) is float for v in values):
-        return "float"
-    return kind
-
-
 EXACT_PYTHON_TYPE = {"string": str, "float": float, "bool": bool}
 
 
@@ -176,11 +168,13 @@ def register_columns(
     """Ask the registry only when this chunk brings a path it lacks or an int column sees a float.
     Values of dropped rows (`keep` false: duplicates) never name or type a column.
 
-    Also returns, for each path that was int until a float came in this chunk, where that float
-    is among its values: the values before it are judged as an int column's, as they would be in
-    a chunk of their own (else a value's fate would depend on where chunks happen to end)."""
+    Also returns, for each path that the registry held as int until a float came in this chunk,
+    where that float is among its values: the values before it are judged as an int column's, as
+    in a chunk of their own (else a value's fate would depend on where chunks happen to end). A
+    new path is registered with its first value's type before it widens, so a column another run
+    registered as float first is never judged as int."""
     known = registry.columns(event)
-    proposals, int_until = {}, {}
+    proposals, floats_from = {}, {}
     for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
@@ -190,13 +184,15 @@ def register_columns(
         if not kept:
             continue
         first_float = next((i for i in kept if type(values[i]) is float), None)
-        if first_float is not None and (column is not None or value_type(values[kept[0]]) == "int"):
-            int_until[key] = first_float
+        if first_float is not None:
+            floats_from[key] = (path, first_float)
         if column is None:
-            proposals[key] = (path, first_seen_type([values[i] for i in kept]))
-        elif first_float is not None:
-            proposals[key] = (path, "float")
-    return (registry.register(event, proposals) if proposals else known), int_until
+            proposals[key] = (path, value_type(values[kept[0]]))
+    columns = registry.register(event, proposals) if proposals else known
+    int_until = {key: first for key, (_, first) in floats_from.items() if (c := columns.get(key)) is not None and c.type == "int"}
+    if int_until:
+        columns = registry.register(event, {key: (floats_from[key][0], "float") for key in int_until})
+    return columns, int_until
 
 
 def event_tables(

@@ -144,6 +144,29 @@ def test_an_integer_past_64_bits_fits_a_float_column(logs, warehouse):
     assert query(warehouse, "select count(*) from discards") == [(0,)]
 
 
+def test_values_before_a_widening_float_are_judged_as_an_int_columns_unless_another_run_made_it_float(logs, warehouse, monkeypatch):
+    lines = ['{"type":"track","event":"A","userId":"u1","messageId":"m1","properties":{"n":%d}}' % 2**64,
+             track("A", messageId="m2", properties={"n": 1.5})]
+    load(logs, warehouse, {DAY: lines})  # one chunk: 2^64 came while n was an int column
+    assert query(warehouse, "select message_id, value, expected_type from discards") == [("m1", str(2**64), "int")]
+
+    # Another run registers n as float just before this run first asks: 2^64 then fits.
+    register = SchemaRegistry.register
+
+    def after_another_run(self, event, proposals):
+        other = SchemaRegistry(self.path.parent)
+        register(other, event, {registry.path_key(("n",)): (("n",), "float")})
+        other.close()
+        return register(self, event, proposals)
+
+    monkeypatch.setattr(SchemaRegistry, "register", after_another_run)
+    raced = warehouse.parent / "raced"
+    load_day(logs, raced, DAY)
+    refresh_catalog(raced)
+    assert query(raced, "select message_id, n from a order by 1") == [("m1", 2.0**64), ("m2", 1.5)]
+    assert query(raced, "select count(*) from discards") == [(0,)]
+
+
 def test_older_partitions_read_a_newer_column_as_null(logs, warehouse):
     load(logs, warehouse, {"2025-01-14": [track("A", properties={"old": 1})], DAY: [track("A", properties={"old": 2, "new": "n"})]})
     assert query(warehouse, "select received_date, old, new from a order by 1") == [
