@@ -164,6 +164,8 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
                 target = quote_literal(str(staging / name / f"{name}-{run_token}.parquet"))
                 try:
                     connection.execute(f"copy ({models[name].sql}) to {target} (format parquet, compression zstd, row_group_size_bytes '{ROW_GROUP_BYTES}')")
+                except duckdb.InterruptException:
+                    raise  # Ctrl-C, not a model to fix
                 except duckdb.Error as error:
                     raise ModelError(f"{name}.sql failed: {str(error).splitlines()[0]}") from None
                 connection.execute(f"create view {quote_identifier(name)} as select * from read_parquet({target})")

@@ -11,6 +11,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import query, track, write_log
@@ -481,6 +482,29 @@ def test_a_refresh_over_hundreds_of_context_columns_stays_within_its_memory_limi
     load_day(logs, warehouse, "2025-01-15")
     monkeypatch.setattr(models, "MEMORY_LIMIT", "100MB")
     assert models.refresh_models(warehouse)["stg_tracks"] == 30_000
+
+
+def test_an_interrupted_refresh_is_no_model_error(logs, warehouse, monkeypatch):
+    # `etl` reports Ctrl-C as an interrupt (exit 130); a ModelError would send the user to fix SQL.
+    write_log(logs / "2025-01-15" / "a.ndjson", [track()])
+    load_day(logs, warehouse, "2025-01-15")
+
+    class Interrupting:
+        def __init__(self, connection):
+            self.connection = connection
+
+        def execute(self, sql, *args):
+            if sql.startswith("copy"):
+                raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+            return self.connection.execute(sql, *args)
+
+        def close(self):
+            self.connection.close()
+
+    connect = models.bounded_connection
+    monkeypatch.setattr(models, "bounded_connection", lambda spill: Interrupting(connect(spill)))
+    with pytest.raises(duckdb.InterruptException):
+        refresh_models(warehouse)
 
 
 # --- one writer at a time -----------------------------------------------------------------------
