@@ -34,6 +34,12 @@ class CheckOutcome:
     metadata: dict = field(default_factory=dict)
 
 
+def is_interrupt(error: Exception) -> bool:
+    """DuckDB's way of reporting Ctrl-C: InterruptException, or in the client in use, a bare
+    RuntimeError('Query interrupted')."""
+    return isinstance(error, duckdb.InterruptException) or (type(error) is RuntimeError and str(error) == "Query interrupted")
+
+
 def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[..., CheckOutcome]:
     """A check that cannot read what it checks (a file missing, empty or corrupt) fails, naming the
     error: raising would lose the results of every other check of the run."""
@@ -43,6 +49,8 @@ def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[.
         try:
             return check(*args, **kwargs)
         except Exception as error:  # any error is this check's failure, never the run's
+            if is_interrupt(error):
+                raise  # Ctrl-C stops the run: it is no failed check
             return CheckOutcome(False, f"{type(error).__name__}: {error}", {"error": type(error).__name__})
 
     return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import track, write_log
@@ -81,3 +82,15 @@ def test_every_partition_check_reports_a_day_whose_tracks_file_is_gone(logs, war
     assert [r.check_name for r in results] == list(PARTITION_CHECKS)
     failed = {r.check_name for r in results if not r.passed}
     assert {"conservation", "schema_matches_contract", "event_rows_match_tracks", "discards_point_to_messages"} <= failed
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError("Query interrupted"), duckdb.InterruptException("INTERRUPT Error: Interrupted!")])
+def test_a_check_interrupted_by_ctrl_c_raises_rather_than_fails(interrupt):
+    # A failed ERROR check makes `etl` exit 1 saying the output may be wrong; Ctrl-C exits 130.
+    @checks.failing_instead_of_raising
+    def interrupted() -> checks.CheckOutcome:
+        raise interrupt
+
+    with pytest.raises(type(interrupt)):
+        interrupted()
+    assert not checks.failing_instead_of_raising(lambda: 1 / 0)().passed
