@@ -342,8 +342,9 @@ def ensure_logs_for(logs_root: Path, warehouse: Path, day: str, day_files: list[
     if not logs_root.is_dir():
         raise MissingLogs(f"logs root {logs_root} does not exist: point TRACKHOUSE_LOGS or --logs at the folder of YYYY-MM-DD day folders")
     loaded = (read_manifest(warehouse, day) or {}).get("messages", 0)
-    if loaded and not day_files:
-        missing = "no log files in" if (logs_root / day).is_dir() else "no folder"
+    if loaded and not any(path.stat().st_size for path in day_files if path.exists()):
+        # Rotation that leaves an empty file (logrotate's `create` or `copytruncate`) counts too.
+        missing = "only empty log files in" if day_files else "no log files in" if (logs_root / day).is_dir() else "no folder"
         raise MissingLogs(
             f"{missing} {logs_root / day}, yet the warehouse holds {loaded} messages loaded from it: "
             "restore its files to reload the day (the partition is left as it was)"

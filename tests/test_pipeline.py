@@ -512,7 +512,8 @@ def test_a_line_over_the_line_limit_is_one_payload_too_large_row_keeping_its_sta
     (lambda folder: folder.rmdir(), "no folder"),
     (lambda folder: None, "no log files in"),
     (lambda folder: (folder / "notes.txt").write_text("rotated to S3"), "no log files in"),
-], ids=["folder gone", "folder empty", "only other files"])
+    (lambda folder: (folder / "a.ndjson").write_bytes(b""), "only empty log files in"),
+], ids=["folder gone", "folder empty", "only other files", "an emptied log file"])
 def test_a_loaded_day_whose_log_files_are_gone_is_refused_and_left_as_it_was(logs, warehouse, rotate, said):
     write_log(logs / DAY / "a.ndjson", [track(messageId="m1")])
     load_day(logs, warehouse, DAY)
