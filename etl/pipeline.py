@@ -303,13 +303,18 @@ def prepared_in_order(
     pool.shutdown()
 
 
+def log_bytes(files: list[Path]) -> int:
+    """The size of the day's log files on disk (a broken link counts as none)."""
+    return sum(path.stat().st_size for path in files if path.exists())
+
+
 def worker_count(files: list[Path]) -> int:
     """Both cores for a large day; one process below PARALLEL_FROM_BYTES, where starting workers
     would cost more than it saves. TRACKHOUSE_WORKERS overrides."""
     configured = os.environ.get("TRACKHOUSE_WORKERS")
     if configured:
         return max(1, int(configured))
-    if sum(path.stat().st_size for path in files) < PARALLEL_FROM_BYTES:
+    if log_bytes(files) < PARALLEL_FROM_BYTES:
         return 1
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
@@ -342,7 +347,7 @@ def ensure_logs_for(logs_root: Path, warehouse: Path, day: str, day_files: list[
     if not logs_root.is_dir():
         raise MissingLogs(f"logs root {logs_root} does not exist: point TRACKHOUSE_LOGS or --logs at the folder of YYYY-MM-DD day folders")
     loaded = (read_manifest(warehouse, day) or {}).get("messages", 0)
-    if loaded and not any(path.stat().st_size for path in day_files if path.exists()):
+    if loaded and not log_bytes(day_files):
         # Rotation that leaves an empty file (logrotate's `create` or `copytruncate`) counts too.
         missing = "only empty log files in" if day_files else "no log files in" if (logs_root / day).is_dir() else "no folder"
         raise MissingLogs(

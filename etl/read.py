@@ -124,10 +124,13 @@ def skipped_folders(logs_root: Path) -> list[str]:
 
 
 def is_log_file(path: Path) -> bool:
+    """A regular file with a log suffix, or a broken link with one: that is a log file that
+    cannot be read (an `unreadable_file` row), not another kind of file. Folders and FIFOs are
+    not log files (reading a FIFO would wait for ever)."""
     name = path.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]
-    return path.is_file() and name.endswith(LOG_SUFFIXES)
+    return (path.is_file() or (path.is_symlink() and not path.exists())) and name.endswith(LOG_SUFFIXES)
 
 
 def list_day_files(logs_root: Path, day: str) -> DayFiles:

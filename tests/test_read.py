@@ -199,6 +199,17 @@ def test_day_files_are_sorted_by_name_and_other_entries_are_ignored(tmp_path):
                                                      "sub"]
 
 
+def test_a_broken_link_named_as_a_log_is_a_log_file_that_cannot_be_read_and_a_fifo_is_ignored(tmp_path):
+    day = tmp_path / "2025-01-15"
+    day.mkdir()
+    (day / "gone.ndjson").symlink_to(tmp_path / "rotated-away.ndjson")
+    os.mkfifo(day / "pipe.ndjson")
+    found = list_day_files(tmp_path, "2025-01-15")
+    assert ([p.name for p in found.files], [p.name for p in found.ignored]) == (["gone.ndjson"], ["pipe.ndjson"])
+    (only,) = read_chunks(found.files[0], "2025-01-15/gone.ndjson")
+    assert isinstance(only, FileBreak) and only.line_number == 1 and only.error.startswith("FileNotFoundError")
+
+
 def test_missing_day_folder_has_no_files(tmp_path):
     found = list_day_files(tmp_path, "2025-01-15")
     assert (found.files, found.ignored) == ([], [])
