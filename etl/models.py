@@ -15,7 +15,9 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import sqlglot
@@ -39,6 +41,24 @@ SOURCES = ("tracks",)
 SEEDS = {
     "fx_rates": {"currency": "VARCHAR", "date": "DATE", "rate_to_usd": "DECIMAL(20, 14)"},
     "goals": {"name": "VARCHAR", "default_value_cents": "BIGINT"},
+}
+
+
+# What each seed's rows must hold beyond their types: a bad row is named in one line rather than
+# skewing the models in silence (a second rate for one day was used or not at random, an empty
+# rate gave NULL revenue_usd, a lower-case code matched no order).
+SEED_RULES = {
+    "fx_rates": (
+        ("currency is null or date is null or rate_to_usd is null", "has an empty cell"),
+        ("rate_to_usd <= 0", "has a rate that is not above 0"),
+        ("currency <> upper(currency)", "has a currency code not in upper case"),
+        ("count(*) over (partition by currency, date) > 1", "gives a second rate for one currency and date"),
+    ),
+    "goals": (
+        ("name is null or trim(name) = '' or default_value_cents is null", "has an empty cell"),
+        ("default_value_cents < 0", "has a negative default value"),
+        ("count(*) over (partition by lower(trim(name))) > 1", "repeats a goal name (ignoring case and spaces)"),
+    ),
 }
 
 
@@ -111,14 +131,25 @@ def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds
             raise ModelError(f"seed {path}: {detail} (columns must read as {expected}: fix that row)") from None
         # DuckDB rounds a decimal with more places than its column in silence (a rate of
         # 0.000061728395 in DECIMAL(18, 10) lost 5 cents on a billion IDR): refuse it instead.
-        for name in [n for n, kind in columns.items() if kind.startswith("DECIMAL")]:
-            column = quote_identifier(name)
-            rounded = connection.execute(
-                f"select {column} from {read_seed(path, dict.fromkeys(columns, 'VARCHAR'))} "
-                f"where cast({column} as DECIMAL(38, 30)) <> cast({column} as {columns[name]})"
-            ).fetchall()
-            if rounded:
-                raise ModelError(f"seed {path}: {name} {rounded[0][0]} has more decimals than {columns[name]} keeps: round it to that many")
+        text = read_seed(path, dict.fromkeys(columns, "VARCHAR"))
+        checks = [
+            (text, f"cast({quote_identifier(n)} as DECIMAL(38, 30)) <> cast({quote_identifier(n)} as {kind})", f"has more decimals in {n} than {kind} keeps")
+            for n, kind in columns.items() if kind.startswith("DECIMAL")
+        ] + [(seed, condition, problem) for condition, problem in SEED_RULES.get(seed, ())]
+        for source, condition, problem in checks:
+            broken = connection.execute(
+                f"select * exclude (broken) from (select *, {condition} as broken from {source}) where broken limit 1"
+            ).fetchone()
+            if broken:
+                row = ",".join(as_written(value) for value in broken)
+                raise ModelError(f"seed {path}: the row {row} {problem}: fix or remove it, then run `etl models`")
+
+
+def as_written(value: Any) -> str:
+    """A seed cell as a CSV would hold it: `1.2`, not DECIMAL's `1.20000000000000`."""
+    if value is None:
+        return ""
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
 
 
 def read_seed(path: Path, columns: dict[str, str]) -> str:
