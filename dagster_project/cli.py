@@ -18,7 +18,7 @@ from dagster_project.models import sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
 from etl.catalog import DATABASE_FILE, glob_literal
-from etl.checks import reading_marts
+from etl.checks import DUCKDB_INTERRUPTED, reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
 from etl.write import file_lock, read_manifest
@@ -203,7 +203,7 @@ def format_summaries(summaries: list[DaySummary]) -> str:
 
 
 # How an interrupt reaches a run's failure: Dagster's, Python's, DuckDB's (new, and old clients).
-INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException", "RuntimeError: Query interrupted"}
+INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException", f"RuntimeError: {DUCKDB_INTERRUPTED}"}
 
 
 def failure_cause(result: dg.ExecuteInProcessResult) -> str | None:

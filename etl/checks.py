@@ -34,10 +34,12 @@ class CheckOutcome:
     metadata: dict = field(default_factory=dict)
 
 
+DUCKDB_INTERRUPTED = "Query interrupted"  # how the DuckDB client in use reports Ctrl-C, as a RuntimeError
+
+
 def is_interrupt(error: Exception) -> bool:
-    """DuckDB's way of reporting Ctrl-C: InterruptException, or in the client in use, a bare
-    RuntimeError('Query interrupted')."""
-    return isinstance(error, duckdb.InterruptException) or (type(error) is RuntimeError and str(error) == "Query interrupted")
+    """DuckDB's way of reporting Ctrl-C: InterruptException, or a bare RuntimeError."""
+    return isinstance(error, duckdb.InterruptException) or (type(error) is RuntimeError and str(error) == DUCKDB_INTERRUPTED)
 
 
 def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[..., CheckOutcome]:
