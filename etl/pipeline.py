@@ -28,6 +28,7 @@ import polars as pl
 
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
+from etl.names import is_context_column
 from etl.normalize import capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame
 from etl.read import (
     CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
@@ -397,6 +398,11 @@ def load_day(
             summary.quarantined += out.quarantine.height
             summary.discards += discards.height
             summary.values_over_column_cap += out.events.over_cap_values
+        # An event table has every `context_…` column of the day's `tracks`, as the contract has
+        # it (a chunk's rows carry the ones they use): NULL where its events never sent the key.
+        day_context = {name: dtype for name, dtype in writer.columns.get(TRACKS, {}).items() if is_context_column(name)}
+        for event in event_rows:
+            writer.add_columns(f"{EVENTS}/{event}", day_context)
         writer.flush_all()
         # Every day has these tables, even empty, so views and schemas never miss a partition.
         for table, empty in ((TRACKS, empty_tracks()), (QUARANTINE, empty_quarantine()), (DISCARDS, empty_discards())):

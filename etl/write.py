@@ -130,6 +130,7 @@ class PartitionWriter:
         self.buffers: dict[str, list[pl.DataFrame]] = {}
         self.buffered_rows: dict[str, int] = {}
         self.buffered_bytes: dict[str, int] = {}
+        self.columns: dict[str, dict[str, pl.DataType]] = {}
 
     def __enter__(self) -> "PartitionWriter":
         return self
@@ -162,6 +163,7 @@ class PartitionWriter:
         """
         if frame.height == 0:
             return
+        self.columns.setdefault(table, {}).update(frame.schema)
         self.buffers.setdefault(table, []).append(frame)
         self.buffered_rows[table] = self.buffered_rows.get(table, 0) + frame.height
         self.buffered_bytes[table] = self.buffered_bytes.get(table, 0) + frame.estimated_size()
@@ -176,6 +178,21 @@ class PartitionWriter:
         self.buffered_bytes.pop(table, None)
         if frames:
             self.write(table, pl.concat(frames, how="diagonal_relaxed"))
+
+    def add_columns(self, table: str, columns: dict[str, pl.DataType]) -> None:
+        """Make the day's parts of `table` hold `columns` too (NULL in its rows), for a column
+        known only once all parts are buffered or written: added to the buffered rows, or as a
+        part of no rows when none are left."""
+        known = self.columns.setdefault(table, {})
+        missing = {name: dtype for name, dtype in columns.items() if name not in known}
+        if not missing:
+            return
+        known.update(missing)
+        buffered = self.buffers.get(table)
+        if buffered:
+            buffered[-1] = buffered[-1].with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items())
+        else:
+            self.write(table, pl.DataFrame(schema=known))
 
     def flush_all(self) -> None:
         for table in list(self.buffers):

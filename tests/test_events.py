@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
-from etl import checks, registry
+from etl import checks, registry, write
 from etl.catalog import refresh_catalog
 from etl.names import snake_case
 from etl.pipeline import load_day
@@ -165,6 +165,28 @@ def test_values_before_a_widening_float_are_judged_as_an_int_columns_unless_anot
     refresh_catalog(raced)
     assert query(raced, "select message_id, n from a order by 1") == [("m1", 2.0**64), ("m2", 1.5)]
     assert query(raced, "select count(*) from discards") == [(0,)]
+
+
+@pytest.mark.parametrize("rows_per_part", [write.ROWS_PER_PART, 1], ids=["rows-still-buffered", "every-part-written"])
+def test_an_event_table_has_every_context_column_of_the_days_tracks(logs, warehouse, monkeypatch, rows_per_part):
+    """Contract §3: an event table holds the `context_…` columns of `tracks`; where its events
+    never sent a key, the column is NULL (in the Parquet files, not only in the view)."""
+    monkeypatch.setattr(write, "ROWS_PER_PART", rows_per_part)
+    load(logs, warehouse, {DAY: [
+        track("Order Completed", messageId="o1", context={"ip": "1.2.3.4"}),
+        track("Product Viewed", messageId="p1", context={"page": {"url": "/p"}}),
+    ]})
+
+    def context_columns(table: str) -> list[str]:
+        files = f"'{partition_dir(warehouse, table, DAY)}/*.parquet'"
+        rows = query(warehouse, f"select name from parquet_schema({files}) where name like 'context%'")
+        return sorted({name for (name,) in rows})
+
+    assert context_columns("tracks") == ["context_ip", "context_page_url"]
+    assert context_columns("events/order_completed") == context_columns("events/product_viewed") == ["context_ip", "context_page_url"]
+    assert query(warehouse, "select context_ip, context_page_url from order_completed") == [("1.2.3.4", None)]
+    assert query(warehouse, "select context_ip, context_page_url from product_viewed") == [(None, "/p")]
+    assert checks.event_rows_match_tracks(warehouse, DAY).passed
 
 
 def test_older_partitions_read_a_newer_column_as_null(logs, warehouse):
