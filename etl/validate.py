@@ -16,7 +16,7 @@ import operator
 import re
 import sys
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from types import NoneType
 from typing import Any, NamedTuple
@@ -275,7 +275,10 @@ def parse_value_cents(value: Any) -> int | None | Invalid:
     if type(value) is int:
         return value if 0 <= value <= MAX_VALUE else INVALID
     if type(value) is str and DECIMAL_NUMBER.fullmatch(value):
-        exact = Decimal(value)
+        try:
+            exact = Decimal(value)
+        except InvalidOperation:  # an exponent of 19 digits or more: the value is 0, or far from a whole number in range
+            return 0 if not value.lower().partition("e")[0].strip("-0.") else INVALID
         return int(exact) if 0 <= exact <= MAX_VALUE and exact == exact.to_integral_value() else INVALID
     number = parse_number(value)
     if number is None or number is INVALID:

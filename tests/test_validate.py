@@ -600,6 +600,16 @@ def test_value_that_is_not_a_whole_number_in_range_is_invalid_value(value):
     assert reasons(track(properties={"value": value}))[0] == "invalid_value"
 
 
+@pytest.mark.parametrize("text", ["1e9999999999999999999", "1e-9999999999999999999", "-5E+99999999999999999999"])
+def test_value_string_with_an_exponent_past_what_decimals_hold_is_invalid_value_not_a_crash(text):
+    assert reasons(track(properties={"value": text})) == ["invalid_value"]
+
+
+@pytest.mark.parametrize("text", ["0e-10000000000000000000", "-0.000E99999999999999999999"])
+def test_value_string_of_zero_with_any_exponent_is_zero(text):
+    assert accepted(track(properties={"value": text})).value == 0
+
+
 def test_integer_string_value_is_converted():
     value = accepted(track(properties={"value": "2000"})).value
     assert value == 2000 and type(value) is int
@@ -807,10 +817,17 @@ def test_blank_message_id_counts_as_absent():
 
 MESSAGE_KEYS = ["type", "event", "userId", "anonymousId", "messageId", "properties", "context", "timestamp",
                 "originalTimestamp", "sentAt", "receivedAt", "batch"]
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+# Number-like text, exponents of any length included: `revenue` and `value` read such strings.
+numeric_texts = st.builds(
+    lambda mantissa, exponent: f"{mantissa}e{exponent}" if exponent is not None else mantissa,
+    st.from_regex(r"-?[0-9]{1,3}(\.[0-9]{1,3})?", fullmatch=True),
+    st.none() | st.integers(-10**25, 10**25),
+)
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text() | numeric_texts
+PROPERTY_KEYS = ["revenue", "currency", "value", "occurred_at"]
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.sampled_from(PROPERTY_KEYS) | st.text(), children, max_size=5),
     max_leaves=20,
 )
 messages = st.dictionaries(st.sampled_from(MESSAGE_KEYS) | st.text(max_size=5), json_values, max_size=8)
@@ -844,6 +861,13 @@ def expected_rows(line: bytes) -> int:
         return 1
     batch = value.get("batch") if isinstance(value, dict) else None
     return len(batch) if isinstance(batch, list) and batch else 1
+
+
+@settings(max_examples=500)
+@given(st.sampled_from(["revenue", "value", "currency"]), numeric_texts | scalars)
+def test_any_money_field_value_is_accepted_or_quarantined_never_raised(field, value):
+    result = validate(track(properties={field: value}))
+    assert len(result.accepted) + len(result.quarantine_line) == 1
 
 
 @settings(max_examples=300, deadline=None)
