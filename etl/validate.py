@@ -235,11 +235,19 @@ SKEW_OUT_OF_RANGE = (
 )
 
 
+def skew_out_of_range(times: list[int | None]) -> bool:
+    """`corrected_timestamp` for one message, where only its skew branch can leave years 1–9999."""
+    timestamp, original, sent, received, _ = times
+    if timestamp is not None or original is None or sent is None or received is None:
+        return False
+    return not FIRST_MICROS <= received - (sent - original) <= LAST_MICROS
+
+
 def timestamp_failure(texts: list[Any], times: list[int | None | Invalid]) -> tuple[str, str] | None:
     """The invalid_timestamp failure naming every bad timestamp field, or None."""
     bad = [label for label, parsed in zip(TIMESTAMP_LABELS, times) if parsed is INVALID]
     if not bad:
-        return None
+        return SKEW_OUT_OF_RANGE if skew_out_of_range(times) else None
     shown = short_repr(texts[TIMESTAMP_LABELS.index(bad[0])])
     return "invalid_timestamp", f"{', '.join(bad)} not ISO-8601 (e.g. 2024-01-15T10:30:00Z) in UTC years 1–9999: {shown}"
 

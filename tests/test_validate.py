@@ -526,6 +526,14 @@ def test_a_skew_correction_outside_utc_years_1_to_9999_is_invalid_timestamp():
     assert result.times["original_timestamp"].to_list() == [micros("2025-02-27T23:59:00+00:00")]
 
 
+def test_a_skew_correction_outside_utc_years_1_to_9999_is_listed_among_other_failures():
+    skewed = track(
+        originalTimestamp="0001-01-01T00:00:00Z", sentAt="9999-12-31T00:00:00Z", receivedAt="2025-02-28T00:00:00Z",
+        properties={"revenue": "x"},
+    )
+    assert reasons(skewed) == ["invalid_timestamp", "invalid_revenue"]
+
+
 def test_messages_around_a_late_invalid_timestamp_keep_their_own_times():
     result = validate(track(timestamp="2025-01-15T10:00:00Z"), track(timestamp="2025-02-30T00:00:00Z"),
                       track(timestamp="2025-01-15T12:00:00.5+01:00"))
