@@ -226,8 +226,8 @@ def event_tables(
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))
-            if column is None:
-                out.over_cap_values += len(values)
+            if column is None:  # past the cap, or only in duplicates (which never open a column)
+                out.over_cap_values += len(values) if keep is None else sum(keep[r] for r in rows)
                 continue
             split = int_until.get(path_key(path)) if column.type == "float" else None
             if split is None:

@@ -247,6 +247,12 @@ def test_past_the_column_cap_values_stay_in_tracks_properties_and_a_check_warns(
     assert not outcome.passed and outcome.metadata["values_over_column_cap"] == 1
 
 
+def test_properties_only_a_duplicate_sent_are_not_counted_past_the_column_cap(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", messageId="m1"), track("A", messageId="m1", properties={"x": 1})]})
+    outcome = checks.columns_within_cap(warehouse, DAY)
+    assert outcome.passed and outcome.metadata["values_over_column_cap"] == 0
+
+
 def test_event_rows_check_fails_when_an_event_table_loses_rows(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A"), track("B")]})
     assert checks.event_rows_match_tracks(warehouse, DAY).passed
