@@ -144,6 +144,7 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
         stack = [(root, context)]
         while stack:
             (prefix, cells, levels), node = stack.pop()
+            pushed = len(stack)  # this level's objects, walked after its values, in key order
             for key, value in node.items():
                 kind = type(value)
                 if kind is dict:
@@ -163,6 +164,8 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
                 out.put(name, row, text)
                 if column is None and name in out.columns:
                     cells[key] = out.columns[name]
+            if len(stack) - pushed > 1:
+                stack[pushed:] = reversed(stack[pushed:])
     return out.series()
 
 

@@ -122,6 +122,13 @@ def test_a_context_key_named_other_never_takes_the_overflow_column(logs, warehou
     assert context_values(rows["m2"]) == {"context_other_2": "hello", "context_zz": "1"}
 
 
+def test_clashing_context_keys_are_named_in_key_order_each_object_after_its_levels_values():
+    series = normalize.context_columns([{"a": {"b_c": "first"}, "a_b": {"c": "second"}, "a_b_c": "third"}])
+    assert {s.name: s.to_list() for s in series} == {
+        "context_a_b_c": ["third"], "context_a_b_c_2": ["first"], "context_a_b_c_3": ["second"],
+    }
+
+
 def test_objects_below_context_other_keep_their_names():
     series = normalize.context_columns([{"other": {"x": 1}}, {"other": "leaf"}])
     assert {s.name: s.to_list() for s in series} == {"context_other_x": ["1", None], "context_other_2": [None, "leaf"]}
