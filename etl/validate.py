@@ -355,13 +355,16 @@ def has_long_array(value: Any) -> bool:
     return False
 
 
+def size_failures(size: int) -> list[tuple[str, str]]:
+    """payload_too_large for a message or line over 32 KB: a size is known whether or not the
+    text parses, so `reasons` lists it after invalid_json and not_an_object too."""
+    return [("payload_too_large", f"Event payload exceeds 32KB limit ({size:,} bytes)")] if size > MAX_PAYLOAD_BYTES else []
+
+
 def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[list[tuple[str, str]], TrackFields | None]:
     """Check every rule after JSON parsing; return the failures (code, message) or the typed fields."""
-    failures: list[tuple[str, str]] = []
+    failures = size_failures(size)
     fail = failures.append
-
-    if size > MAX_PAYLOAD_BYTES:
-        fail(("payload_too_large", f"Event payload exceeds 32KB limit ({size:,} bytes)"))
 
     kind = message.get("type")
     if kind is not None and kind != "track":
@@ -575,10 +578,7 @@ class OriginalTexts:
 
 
 def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
-    failures = [("not_an_object", f"Expected a JSON object, got {json_type_name(value)}")]
-    if size > MAX_PAYLOAD_BYTES:
-        failures.append(("payload_too_large", f"Event payload exceeds 32KB limit ({size:,} bytes)"))
-    return failures
+    return [("not_an_object", f"Expected a JSON object, got {json_type_name(value)}"), *size_failures(size)]
 
 
 def merge_envelope(message: dict, envelope: dict) -> dict:
@@ -710,7 +710,7 @@ def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None
     except orjson.JSONDecodeError as error:
         raw = decode_raw(line)
         detail = "not valid UTF-8" if "\ufffd" in raw and raw.encode() != line else str(error).split(":")[0]
-        result.reject(line_number, None, raw, [("invalid_json", f"Line is not valid JSON: {detail}")])
+        result.reject(line_number, None, raw, [("invalid_json", f"Line is not valid JSON: {detail}"), *size_failures(len(line))])
         return
     if not isinstance(parsed, dict):
         result.reject(line_number, None, line.decode(), not_an_object(parsed, len(line)))

@@ -142,6 +142,11 @@ def test_payload_size_is_counted_in_utf8_bytes_not_characters():
     assert reasons(line)[0] == "payload_too_large"
 
 
+@pytest.mark.parametrize(("line", "first"), [(b'{"event":"' + b"x" * 40_000, "invalid_json"), (b'["' + b"x" * 40_000 + b'"]', "not_an_object")])
+def test_a_line_over_32kb_that_is_no_message_lists_payload_too_large_after_its_first_reason(line, first):
+    assert reasons(line) == [first, "payload_too_large"]
+
+
 def test_batch_message_over_32kb_is_payload_too_large_on_its_own():
     big = json.loads(message_of_size(32_769))
     result = validate({"batch": [big, track()]})
