@@ -172,13 +172,20 @@ def register_columns(
     where that float is among its values: the values before it are judged as an int column's, as
     in a chunk of their own (else a value's fate would depend on where chunks happen to end). A
     new path is registered with its first value's type before it widens, so a column another run
-    registered as float first is never judged as int."""
+    registered as float first is never judged as int.
+
+    A rerun of the day that widened a column judges it as int again until the day's first
+    float, as its first run did: the registry remembers the widening day (`widened_on`)."""
     known = registry.columns(event)
-    proposals, floats_from = {}, {}
+    proposals, floats_from, rewidened = {}, {}, {}
     for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
-        if column is not None and column.type != "int":
+        widened_here = (
+            column is not None and column.widened_on is not None and column.widened_on == registry.loading_day
+            and (event, key) not in registry.floats_seen
+        )
+        if column is not None and column.type != "int" and not widened_here:
             continue
         kept = [i for i, r in enumerate(rows) if keep[r]] if keep is not None else range(len(values))
         if not kept:
@@ -186,13 +193,16 @@ def register_columns(
         first_float = next((i for i in kept if type(values[i]) is float), None)
         if first_float is not None:
             floats_from[key] = (path, first_float)
+            registry.floats_seen.add((event, key))
+        if widened_here:
+            rewidened[key] = len(values) if first_float is None else first_float
         if column is None:
             proposals[key] = (path, value_type(values[kept[0]]))
     columns = registry.register(event, proposals) if proposals else known
     int_until = {key: first for key, (_, first) in floats_from.items() if (c := columns.get(key)) is not None and c.type == "int"}
     if int_until:
         columns = registry.register(event, {key: (floats_from[key][0], "float") for key in int_until})
-    return columns, int_until
+    return columns, {**int_until, **rewidened}
 
 
 def event_tables(

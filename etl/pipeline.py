@@ -374,7 +374,7 @@ def load_day(
     event_rows: Counter[str] = Counter()
     seen = SeenMessageIds()
     context_columns: set[str] = set()
-    registry = SchemaRegistry(warehouse)
+    registry = SchemaRegistry(warehouse, loading_day=day)
     with PartitionWriter(warehouse, day) as writer:
         pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes), chunk_bytes)
         for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):

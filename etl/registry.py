@@ -34,6 +34,7 @@ class Column:
     name: str
     type: str
     position: int
+    widened_on: str | None = None  # the received day whose load widened int to float
 
 
 def path_key(path: tuple[str, ...]) -> str:
@@ -62,12 +63,16 @@ def base_column_name(path: tuple[str, ...]) -> str:
 class SchemaRegistry:
     """Column names and types per event table, shared by every run on one warehouse."""
 
-    def __init__(self, warehouse: Path) -> None:
+    def __init__(self, warehouse: Path, loading_day: str | None = None) -> None:
         warehouse.mkdir(parents=True, exist_ok=True)
         self.path = warehouse / REGISTRY_FILE
         self.connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
         self._create()
         self.cache: dict[str, dict[str, Column]] = {}
+        self.loading_day = loading_day
+        # (event, path key) of the columns that `loading_day` itself widened, once this load has
+        # passed their first float: until then a rerun of that day judges them as int again.
+        self.floats_seen: set[tuple[str, str]] = set()
 
     def _create(self) -> None:
         """Switch to WAL and create the table, retrying while another run does the same.
@@ -81,10 +86,15 @@ class SchemaRegistry:
                 self.connection.execute("pragma journal_mode=wal")
                 self.connection.execute(
                     "create table if not exists columns (event text not null, path text not null, name text not null,"
-                    " type text not null, position integer not null, primary key (event, path), unique (event, name))"
+                    " type text not null, position integer not null, widened_on text,"
+                    " primary key (event, path), unique (event, name))"
                 )
+                if "widened_on" not in {row[1] for row in self.connection.execute("pragma table_info(columns)")}:
+                    self.connection.execute("alter table columns add column widened_on text")  # a registry from before it
                 return
             except sqlite3.OperationalError as error:
+                if "duplicate column" in str(error):  # another run added it first
+                    continue
                 if "locked" not in str(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
@@ -94,9 +104,9 @@ class SchemaRegistry:
 
     def _load(self, event: str) -> dict[str, Column]:
         rows = self.connection.execute(
-            "select path, name, type, position from columns where event = ? order by position", (event,)
+            "select path, name, type, position, widened_on from columns where event = ? order by position", (event,)
         ).fetchall()
-        return {path: Column(name, kind, position) for path, name, kind, position in rows}
+        return {path: Column(*column) for path, *column in rows}
 
     def columns(self, event: str) -> dict[str, Column]:
         """Property path key → column, in registry order (cached; refreshed on every register)."""
@@ -130,8 +140,11 @@ class SchemaRegistry:
                     current[key] = Column(name, kind, position)
                     taken.add(name)
                 elif existing.type == "int" and kind == "float":
-                    connection.execute("update columns set type = 'float' where event = ? and path = ?", (event, key))
-                    current[key] = Column(existing.name, "float", existing.position)
+                    connection.execute(
+                        "update columns set type = 'float', widened_on = ? where event = ? and path = ?",
+                        (self.loading_day, event, key),
+                    )
+                    current[key] = Column(existing.name, "float", existing.position, self.loading_day)
             connection.execute("commit")
         except BaseException:
             connection.execute("rollback")

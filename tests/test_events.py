@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import sqlite3
 import time
 from pathlib import Path
 
@@ -165,6 +166,44 @@ def test_values_before_a_widening_float_are_judged_as_an_int_columns_unless_anot
     refresh_catalog(raced)
     assert query(raced, "select message_id, n from a order by 1") == [("m1", 2.0**64), ("m2", 1.5)]
     assert query(raced, "select count(*) from discards") == [(0,)]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1], ids=["one chunk", "a chunk per line"])
+def test_a_rerun_of_the_day_that_widened_a_column_judges_its_values_as_its_first_run_did(logs, warehouse, chunk_bytes):
+    """Contract §3: a rerun leaves the same result as one clean run, though the registry now
+    holds the column as float: values before the day's first float are still an int column's."""
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId="m1", properties={"n": 1}),
+        '{"type":"track","event":"A","userId":"u1","messageId":"m2","properties":{"n":%d}}' % 2**64,
+        track("A", messageId="m3", properties={"n": True}),
+        track("A", messageId="m4", properties={"n": 1.5}),
+        track("A", messageId="m5", properties={"n": False}),
+    ])
+
+    def loaded() -> tuple[list, list]:
+        load_day(logs, warehouse, DAY, chunk_bytes=chunk_bytes, workers=1)
+        refresh_catalog(warehouse)
+        return (
+            query(warehouse, "select message_id, n from a order by 1"),
+            query(warehouse, "select message_id, value, expected_type from discards order by 1"),
+        )
+
+    first = loaded()
+    assert first == (
+        [("m1", 1.0), ("m2", None), ("m3", None), ("m4", 1.5), ("m5", None)],
+        [("m2", str(2**64), "int"), ("m3", "true", "int"), ("m5", "false", "float")],
+    )
+    assert loaded() == first
+
+
+def test_a_registry_written_before_widenings_were_dated_opens_and_keeps_its_columns(warehouse):
+    warehouse.mkdir()
+    with sqlite3.connect(warehouse / registry.REGISTRY_FILE) as old:
+        old.execute("create table columns (event text not null, path text not null, name text not null, type text not null,"
+                    " position integer not null, primary key (event, path), unique (event, name))")
+        old.execute("""insert into columns values ('a', '["n"]', 'n', 'float', 0)""")
+    assert registered(warehouse, "a") == [("n", "float")]
+    assert registered(warehouse, "a") == [("n", "float")]  # opened again: the column is added once
 
 
 @pytest.mark.parametrize("rows_per_part", [write.ROWS_PER_PART, 1], ids=["rows-still-buffered", "every-part-written"])
