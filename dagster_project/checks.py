@@ -10,7 +10,7 @@ import dagster as dg
 from etl import checks
 
 PARTITION_CHECKS = {
-    "conservation": ("tracks", dg.AssetCheckSeverity.ERROR, "lines read = accepted + quarantined + blank: nothing lost"),
+    "conservation": ("tracks", dg.AssetCheckSeverity.ERROR, "each message read is exactly one row of tracks or quarantine, as the run counted"),
     "unique_message_id": ("tracks", dg.AssetCheckSeverity.ERROR, "no message_id twice in the partition"),
     "schema_matches_contract": ("tracks", dg.AssetCheckSeverity.ERROR, "tracks and quarantine columns and types match the contract"),
     "quarantine_rate": ("quarantine", dg.AssetCheckSeverity.WARN, "share of quarantined messages under the configured threshold"),

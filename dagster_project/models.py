@@ -26,7 +26,9 @@ AFTER_ANY_LOAD = (
 )
 MODEL_CHECKS = {
     "unique_message_id": ("stg_tracks", dg.AssetCheckSeverity.ERROR, checks.stg_unique_message_id),
-    "cross_partition_duplicates": ("stg_tracks", dg.AssetCheckSeverity.WARN, checks.cross_partition_duplicates),
+    "cross_partition_duplicates": ("stg_tracks", dg.AssetCheckSeverity.ERROR, checks.cross_partition_duplicates),
+    "identities_match_stg_tracks": ("dim_identities", dg.AssetCheckSeverity.ERROR, checks.identities_match_stg_tracks),
+    "active_users_match_stg_tracks": ("daily_active_users", dg.AssetCheckSeverity.ERROR, checks.active_users_match_stg_tracks),
     "revenue_reconciles": ("fct_orders", dg.AssetCheckSeverity.ERROR, checks.orders_reconcile_with_tracks),
     "fx_coverage": ("fct_orders", dg.AssetCheckSeverity.WARN, checks.fx_coverage),
     "sums_equal_fct_orders": ("revenue_daily", dg.AssetCheckSeverity.ERROR, checks.revenue_daily_matches_orders),

@@ -19,7 +19,7 @@ from etl.catalog import create_views, glob_literal, mart_views, parquet_source, 
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
-from etl.models import modelled_days
+from etl.models import model_names, modelled_days
 from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
 from etl.write import partition_dir, read_manifest
 
@@ -53,7 +53,8 @@ def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[.
         except Exception as error:  # any error is this check's failure, never the run's
             if is_interrupt(error):
                 raise  # Ctrl-C stops the run: it is no failed check
-            return CheckOutcome(False, f"{type(error).__name__}: {error}", {"error": type(error).__name__})
+            first_line = (str(error).strip().splitlines() or [""])[0]  # DuckDB adds the query and a caret
+            return CheckOutcome(False, f"{type(error).__name__}: {first_line}", {"error": type(error).__name__})
 
     return run
 
@@ -98,13 +99,28 @@ def verdict(missing: int, counted: str) -> str:
     return "nothing lost" if missing == 0 else f"{missing} missing" if missing > 0 else f"{-missing} more rows than {counted}"
 
 
+def repeated_provenance(tracks: list[Path], quarantine: list[Path]) -> int:
+    """Rows of `tracks` and `quarantine` together whose (file, line, batch index) another row has:
+    a message is exactly one row, so a copied row (even one standing in for a lost one) shows."""
+    parts = [f"select source_file, line_number, batch_index from {read_files(files)}" for files in (tracks, quarantine) if files]
+    if not parts:
+        return 0
+    union = " union all ".join(parts)
+    sql = f"select coalesce(sum(copies - 1), 0) from (select count(*) as copies from ({union}) group by source_file, line_number, batch_index having count(*) > 1)"
+    return duckdb.connect().execute(sql).fetchone()[0]
+
+
 @failing_instead_of_raising
 def conservation(warehouse: Path, day: str) -> CheckOutcome:
-    """Every message read is one row of `tracks` or `quarantine` (plus one row per broken file)."""
+    """Every message read is exactly one row of `tracks` or `quarantine` (plus one row per broken
+    file): as many rows as the run counted, accepted and by reason, none for one message twice."""
     manifest = published_manifest(warehouse, day)
     expected = manifest["messages"] + manifest["unreadable_files"]
-    accepted = row_count(warehouse, "tracks", day)
-    quarantined = row_count(warehouse, "quarantine", day)
+    tracks, quarantine = parquet_files(warehouse, "tracks", day), parquet_files(warehouse, "quarantine", day)
+    accepted = scalar("select count(*) from {files}", tracks)
+    by_reason = dict(fetch("select reason, count(*) from {files} group by 1", quarantine))
+    quarantined = sum(by_reason.values())
+    repeated = repeated_provenance(tracks, quarantine)
     metadata = {
         "lines_read": manifest["lines"],
         "blank_lines": manifest["blank_lines"],
@@ -112,10 +128,21 @@ def conservation(warehouse: Path, day: str) -> CheckOutcome:
         "unreadable_files": manifest["unreadable_files"],
         "tracks_rows": accepted,
         "quarantine_rows": quarantined,
+        "rows_repeating_a_message": repeated,
     }
     missing = expected - accepted - quarantined
-    description = f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict(missing, 'messages read')}"
-    return CheckOutcome(missing == 0, description, metadata)
+    problems = [f"{verdict(missing, 'messages read')}"] if missing else []
+    if accepted != manifest["accepted"]:
+        problems.append(f"tracks has {accepted} rows, the run accepted {manifest['accepted']}")
+    if by_reason != manifest["quarantined_by_reason"]:
+        differ = sorted(r for r in by_reason.keys() | manifest["quarantined_by_reason"].keys()
+                        if by_reason.get(r, 0) != manifest["quarantined_by_reason"].get(r, 0))
+        problems.append("quarantine rows by reason differ from the run's counts for " + ", ".join(differ))
+    if repeated:
+        problems.append(f"{repeated} rows repeat a message's source_file, line_number and batch_index")
+    verdict_text = "; ".join(problems) + ": rerun the day to rewrite it" if problems else "nothing lost, none twice"
+    description = f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict_text}"
+    return CheckOutcome(not problems, description, metadata)
 
 
 @failing_instead_of_raising
@@ -321,13 +348,23 @@ def modelled_days_views(warehouse: Path) -> dict[str, str]:
     return {"modelled_days": days_view(days[0]), "changed_days": days_view(days[1])}
 
 
+class MissingMarts(Exception):
+    """A model's output is not in the warehouse: the models were never refreshed, or it was removed."""
+
+
 @contextlib.contextmanager
 def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
     with writer_lock(warehouse), duckdb.connect() as connection:
         sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items()}
-        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | mart_views(warehouse))
+        marts = mart_views(warehouse)
+        missing = [name for name in model_names() if name not in marts]
+        if missing:
+            raise MissingMarts(
+                f"no mart for {', '.join(missing)} under {warehouse / 'marts'}: run `etl models --warehouse {warehouse}` to build them"
+            )
+        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | marts)
         create_views(connection, modelled_days_views(warehouse))
         yield connection
 
@@ -365,9 +402,59 @@ def compared_with_tracks(check: Callable[[duckdb.DuckDBPyConnection], CheckOutco
 @failing_instead_of_raising
 @compared_with_tracks
 def cross_partition_duplicates(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
-    """Counts the copies of a message received on more than one day, which stg_tracks removes."""
-    tracks, staged = connection.execute(f"select (select count(*) from tracks where {MODELLED_DAYS}), (select count(*) from stg_tracks)").fetchone()
-    return CheckOutcome(tracks >= staged, f"{tracks - staged} duplicates across received days removed", {"duplicates_removed": tracks - staged})
+    """stg_tracks holds each message of the modelled days once, and only those: the copies of a
+    message received on more than one day are removed (and counted), no message is lost."""
+    tracks, distinct, unmatched = connection.execute(f"""
+        with modelled as (select distinct message_id from tracks where {MODELLED_DAYS})
+        select
+            (select count(*) from tracks where {MODELLED_DAYS}),
+            (select count(*) from modelled),
+            (select count(*) from modelled full join stg_tracks as staged using (message_id)
+             where modelled.message_id is null or staged.message_id is null)
+    """).fetchone()
+    description = f"{tracks - distinct} copies received on more than one day removed; "
+    description += "stg_tracks holds every message once" if not unmatched else (
+        f"{unmatched} messages in only one of tracks and stg_tracks: run `etl models` to rebuild the marts"
+    )
+    return CheckOutcome(unmatched == 0, description, {"duplicates_removed": tracks - distinct, "unmatched_messages": unmatched})
+
+
+@failing_instead_of_raising
+def identities_match_stg_tracks(warehouse: Path) -> CheckOutcome:
+    """dim_identities has one row per anonymous_id of stg_tracks, counting all its events."""
+    expected_ids, expected_events, rows, ids, events = warehouse_rows(warehouse, """
+        select
+            (select count(distinct anonymous_id) from stg_tracks),
+            (select count(anonymous_id) from stg_tracks),
+            (select count(*) from dim_identities),
+            (select count(distinct anonymous_id) from dim_identities),
+            (select coalesce(sum(events), 0) from dim_identities)
+    """)[0]
+    passed = rows == ids == expected_ids and events == expected_events
+    return CheckOutcome(
+        passed,
+        f"{rows} rows for {expected_ids} anonymous_id in stg_tracks; {events} of their {expected_events} events counted",
+        {"rows": rows, "anonymous_ids": expected_ids, "events": events},
+    )
+
+
+@failing_instead_of_raising
+def active_users_match_stg_tracks(warehouse: Path) -> CheckOutcome:
+    """daily_active_users has one row per event_date of stg_tracks, counting all its events."""
+    expected_days, expected_events, rows, days, events = warehouse_rows(warehouse, """
+        select
+            (select count(distinct event_date) from stg_tracks),
+            (select count(*) from stg_tracks),
+            (select count(*) from daily_active_users),
+            (select count(distinct event_date) from daily_active_users),
+            (select coalesce(sum(events), 0) from daily_active_users)
+    """)[0]
+    passed = rows == days == expected_days and events == expected_events
+    return CheckOutcome(
+        passed,
+        f"{rows} rows for {expected_days} event dates in stg_tracks; {events} of their {expected_events} events counted",
+        {"rows": rows, "event_dates": expected_days, "events": events},
+    )
 
 
 @failing_instead_of_raising

@@ -90,8 +90,12 @@ def parse_model(path: Path) -> Model:
     return Model(path.stem, sql, frozenset(tables), frozenset(columns))
 
 
+def model_names(sql_dir: Path = SQL_DIR) -> list[str]:
+    return sorted(path.stem for path in sql_dir.glob("*.sql"))
+
+
 def load_models(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
-    return {path.stem: parse_model(path) for path in sorted(sql_dir.glob("*.sql"))}
+    return {name: parse_model(sql_dir / f"{name}.sql") for name in model_names(sql_dir)}
 
 
 def build_order(models: dict[str, Model]) -> list[str]:

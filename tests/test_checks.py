@@ -31,6 +31,36 @@ def parts(warehouse: Path, table: str) -> list[Path]:
     return sorted(partition_dir(warehouse, table, DAY).glob("*.parquet"))
 
 
+def day_with_quarantine(logs: Path, warehouse: Path) -> None:
+    write_log(logs / DAY / "a.ndjson", [track("A", messageId="a1"), track("A", messageId="a2"), "[1]", "nope"])
+    load_day(logs, warehouse, DAY)
+
+
+def rewrite(part: Path, change) -> None:
+    change(pl.read_parquet(part)).write_parquet(part)
+
+
+def test_conservation_fails_when_a_lost_quarantine_row_is_replaced_by_a_copy_of_another(logs, warehouse):
+    day_with_quarantine(logs, warehouse)
+    assert checks.conservation(warehouse, DAY).passed
+    (part,) = parts(warehouse, "quarantine")
+    rewrite(part, lambda rows: pl.concat([rows.tail(1), rows.tail(1)]))  # as many rows, one message twice
+    outcome = checks.conservation(warehouse, DAY)
+    assert not outcome.passed and outcome.metadata["rows_repeating_a_message"] == 1
+    assert "1 rows repeat a message's source_file, line_number and batch_index" in outcome.description
+
+
+def test_conservation_fails_when_an_accepted_row_becomes_a_quarantine_row(logs, warehouse):
+    day_with_quarantine(logs, warehouse)
+    (tracks,), (quarantine,) = parts(warehouse, "tracks"), parts(warehouse, "quarantine")
+    rewrite(tracks, lambda rows: rows.head(1))
+    rewrite(quarantine, lambda rows: pl.concat([rows, rows.head(1).with_columns(line_number=pl.lit(2, pl.Int64), reason=pl.lit("missing_event"))]))
+    outcome = checks.conservation(warehouse, DAY)
+    assert not outcome.passed and "missing" not in outcome.description.partition(": ")[2].partition(";")[0]
+    assert "tracks has 1 rows, the run accepted 2" in outcome.description
+    assert "quarantine rows by reason differ from the run's counts for missing_event" in outcome.description
+
+
 def test_discards_check_fails_when_discards_lose_rows_the_manifest_counted(logs, warehouse):
     loaded_day(logs, warehouse)
     assert checks.discards_point_to_messages(warehouse, DAY).passed

@@ -122,8 +122,8 @@ def test_models_materialize_after_the_loads_with_every_model_check_passing(logs,
     result = dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations == {
-        "unique_message_id": True, "cross_partition_duplicates": True, "revenue_reconciles": True,
-        "sums_equal_fct_orders": True, "conversions_equal_fct_conversions": True, "conversion_rate_in_range": True,
+        "unique_message_id": True, "cross_partition_duplicates": True, "identities_match_stg_tracks": True,
+        "active_users_match_stg_tracks": True, "revenue_reconciles": True, "sums_equal_fct_orders": True, "conversions_equal_fct_conversions": True, "conversion_rate_in_range": True,
         "fx_coverage": False,  # XAU has no rate in the seeds: a WARN naming the pair, not a failure
     }
     fx = next(e for e in result.get_asset_check_evaluations() if e.check_name == "fx_coverage")
@@ -142,6 +142,42 @@ def test_revenue_check_fails_when_fct_orders_loses_an_order(logs, warehouse):
     outcome = checks.orders_reconcile_with_tracks(warehouse)
     assert not outcome.passed and "USD: tracks 2 orders" in outcome.description
     assert not checks.revenue_daily_matches_orders(warehouse).passed
+
+
+def modelled_warehouse(logs: Path, warehouse: Path) -> None:
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("Page Viewed", user_id=None, anonymousId=f"anon-{i}", messageId=f"m{i}", timestamp=f"2025-01-1{i}T10:00:00Z")
+        for i in (1, 2, 3)
+    ])
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    materialize_day(config, "2025-01-14")
+    dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
+
+
+@pytest.mark.parametrize(
+    ("mart", "check"),
+    [
+        ("stg_tracks", checks.cross_partition_duplicates),
+        ("dim_identities", checks.identities_match_stg_tracks),
+        ("daily_active_users", checks.active_users_match_stg_tracks),
+    ],
+)
+def test_a_mart_that_loses_a_row_fails_its_check(logs, warehouse, mart, check):
+    modelled_warehouse(logs, warehouse)
+    assert check(warehouse).passed
+    part = next((warehouse / "marts" / mart).glob("*.parquet"))
+    pl.read_parquet(part).tail(-1).write_parquet(part)
+    assert not check(warehouse).passed
+
+
+def test_a_missing_mart_fails_the_model_checks_in_one_line_saying_what_to_run(logs, warehouse):
+    modelled_warehouse(logs, warehouse)
+    shutil.rmtree(warehouse / "marts" / "stg_tracks")
+    outcome = checks.stg_unique_message_id(warehouse)
+    assert not outcome.passed and "\n" not in outcome.description
+    assert outcome.description == (
+        f"MissingMarts: no mart for stg_tracks under {warehouse / 'marts'}: run `etl models --warehouse {warehouse}` to build them"
+    )
 
 
 def test_model_checks_hold_when_a_day_is_published_after_the_models_ran(logs, warehouse):
