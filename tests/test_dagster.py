@@ -39,10 +39,12 @@ def test_definitions_load_with_a_job_schedule_and_partitions_from_the_folders(lo
 
 def test_daily_schedule_asks_for_yesterdays_partition(logs, warehouse):
     two_days(logs)
-    defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
     schedule = defs.resolve_schedule_def("daily_load")
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2025, 1, 16, 1, 30, tzinfo=dt.UTC), repository_def=defs.get_repository_def(),
+        resources={"trackhouse": config},
     )
     request = schedule(context)
     assert request.partition_key == "2025-01-15"
@@ -53,14 +55,29 @@ def test_daily_schedule_skips_when_yesterday_is_not_a_partition(logs, warehouse,
     today = dt.datetime.now(dt.UTC).date()
     first_folder = (today + dt.timedelta(days=days_after_today)).isoformat()
     write_log(logs / first_folder / "a.ndjson", [track(messageId="m1")])
-    defs = build_definitions(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)))
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime.combine(today, dt.time(1, 30), dt.UTC), repository_def=defs.get_repository_def(),
+        resources={"trackhouse": config},
     )
     tick = defs.resolve_schedule_def("daily_load").evaluate_tick(context)
     assert tick.run_requests == []
     yesterday = (today - dt.timedelta(days=1)).isoformat()
     assert tick.skip_message.startswith(f"{yesterday} is not a partition: partitions start at {first_folder}")
+
+
+def test_daily_schedule_skips_a_day_without_a_folder_instead_of_loading_it_empty(logs, warehouse):
+    two_days(logs)  # 2025-01-14 and 2025-01-15; nothing received on 2025-01-16
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2025, 1, 17, 1, 30, tzinfo=dt.UTC), repository_def=defs.get_repository_def(),
+        resources={"trackhouse": config},
+    )
+    tick = defs.resolve_schedule_def("daily_load").evaluate_tick(context)
+    assert tick.run_requests == []
+    assert tick.skip_message.startswith(f"no folder {logs.resolve() / '2025-01-16'}: nothing received that day yet")
 
 
 def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
