@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from etl import checks
+from etl.write import day_lock
 
 PARTITION_CHECKS = {
     "conservation": ("tracks", dg.AssetCheckSeverity.ERROR, "each message read is exactly one row of tracks or quarantine, as the run counted"),
@@ -28,7 +29,13 @@ def partition_check_specs() -> list[dg.AssetCheckSpec]:
     ]
 
 
-def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> Iterator[dg.AssetCheckResult]:
+def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> list[dg.AssetCheckResult]:
+    """The day's checks, read under its day lock: a rerun of the day must not swap files mid-check."""
+    with day_lock(warehouse, day):
+        return list(day_check_results(warehouse, day, quarantine_warn_rate))
+
+
+def day_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> Iterator[dg.AssetCheckResult]:
     outcomes = {
         "conservation": checks.conservation(warehouse, day),
         "unique_message_id": checks.unique_message_id(warehouse, day),

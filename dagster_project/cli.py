@@ -14,20 +14,22 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.assets import build_load_asset, largest_counts
-from dagster_project.models import sql_models
+from dagster_project.checks import partition_check_results
+from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
 from etl.catalog import DATABASE_FILE, glob_literal
 from etl.checks import DUCKDB_INTERRUPTED, reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
-from etl.write import file_lock, read_manifest
+from etl.write import file_lock, loaded_days, read_manifest
 
 EXAMPLES = """examples:
   etl run                                        every day folder under data/samples
   etl run --logs /var/log/track --date 2025-01-14
   etl run --logs /var/log/track --from 2025-01-01 --to 2025-01-31 --warehouse /srv/warehouse
   etl models --warehouse /srv/warehouse          refresh the SQL models only
+  etl check --warehouse /srv/warehouse           rerun every check on what is loaded, writing nothing
 """
 REPORTS = ("revenue_daily", "conversions_daily")
 # Silent: `materialize` reports a failure in one line (its traceback with TRACKHOUSE_DEBUG=1).
@@ -78,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--logs", default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
     add_warehouse_option(run)
-    run.add_argument("--date", type=iso_date, help="load only this received day, e.g. 2025-01-14")
-    run.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
-    run.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, e.g. 2025-01-31")
+    add_day_options(run, "load")
     models = commands.add_parser(
         "models",
         help="refresh the SQL models (marts and warehouse.duckdb) over every loaded day",
@@ -88,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_warehouse_option(models)
+    check = commands.add_parser(
+        "check",
+        help="rerun the asset checks of loaded days and of the models on the files as they are now, writing nothing",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_warehouse_option(check)
+    add_day_options(check, "check")
     return parser
+
+
+def add_day_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--date", type=iso_date, help=f"{verb} only this received day, e.g. 2025-01-14")
+    parser.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
+    parser.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, e.g. 2025-01-31")
 
 
 def warehouse_path(text: str) -> str:
@@ -116,8 +130,6 @@ def configured(**options: str) -> TrackhouseConfig:
 
 
 def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None) -> list[str]:
-    if date and (start or end):
-        raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
     if not logs.is_dir():
         problem = "is a file, not a folder" if logs.exists() else "does not exist"
         raise UsageError(f"logs folder {logs} {problem}: pass --logs DIR, a folder of YYYY-MM-DD day folders")
@@ -126,15 +138,24 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
         if DAY_FOLDER.match(logs.name):
             raise UsageError(f"{logs} is a day folder itself: pass its parent, --logs {logs.parent}, with --date {logs.name}")
         raise UsageError(f"no YYYY-MM-DD day folders under {logs}: put each day's log files in a folder named after it")
+    return days_in_range(available, date, start, end, f"no folder {logs / (date or '')}", "day folders", logs)
+
+
+def days_in_range(
+    available: list[str], date: str | None, start: str | None, end: str | None, no_such_day: str, kind: str, place: Path,
+) -> list[str]:
+    """The days of `available` that --date or --from/--to ask for; the messages say what a day is."""
+    if date and (start or end):
+        raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
     if date:
         if date not in available:
-            raise UsageError(f"no folder {logs / date}: days available run from {available[0]} to {available[-1]}")
+            raise UsageError(f"{no_such_day}: days available run from {available[0]} to {available[-1]}")
         return [date]
     if start and end and start > end:
         raise UsageError(f"--from {start} is after --to {end}: swap them")
     days = [d for d in available if (not start or d >= start) and (not end or d <= end)]
     if not days:
-        raise UsageError(f"no day folders between {start or 'the first'} and {end or 'the last'} under {logs}")
+        raise UsageError(f"no {kind} between {start or 'the first'} and {end or 'the last'} under {place}")
     return days
 
 
@@ -232,8 +253,13 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
             raise Interrupted(INTERRUPTED.format(what=what))
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
         raise RuntimeError(f"{what} failed: {cause or 'see the Dagster run log'} ({more})")
+    return reported_failures(result.get_asset_check_evaluations(), day)
+
+
+def reported_failures(evaluations: list, day: str | None) -> list[str]:
+    """Name each failed check on stderr; return the ERROR ones (Dagster's check evaluations or results)."""
     errors = []
-    for check in result.get_asset_check_evaluations():
+    for check in evaluations:
         if not check.passed:
             name = f"{check.check_name} ({check.asset_key.to_user_string()}{', ' + day if day else ''})"
             print(f"check {name} failed, {check.severity.value}: {check.description}", file=sys.stderr)
@@ -293,6 +319,34 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(args: argparse.Namespace) -> int:
+    """The checks `etl run` and Dagster run after a load and a refresh, on the files as they are
+    now: a file lost, emptied or edited since shows, and nothing is rewritten first."""
+    config = configured(warehouse_root=args.warehouse)
+    loaded = loaded_days(config.warehouse) if config.warehouse.is_dir() else []
+    if not loaded:
+        raise UsageError(f"no loaded days under {config.warehouse}: load some first with `etl run --warehouse {args.warehouse}`")
+    days = days_in_range(
+        loaded, args.date, args.start, args.end,
+        f"{args.date} is not loaded under {config.warehouse}", "loaded days", config.warehouse,
+    )
+    checked, errors = 0, []
+    for day in days:
+        results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
+        errors += reported_failures(results, day)
+        checked += len(results)
+    results = list(model_check_results(config.warehouse))
+    errors += reported_failures(results, None)
+    checked += len(results)
+    print(f"{checked} checks on {len(days)} loaded day(s) from {days[0]} to {days[-1]} and the models: {len(errors)} ERROR check(s) failed")
+    if errors:
+        raise failed_checks_error(errors)
+    return 0
+
+
+COMMANDS = {"run": run, "models": models, "check": check}
+
+
 def show_progress() -> None:
     """Print the pipeline's per-file progress and warnings to stderr, once per process."""
     logger = logging.getLogger("trackhouse")
@@ -308,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     show_progress()
     try:
         args = build_parser().parse_args(argv)
-        return run(args) if args.command == "run" else models(args)
+        return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"etl: {error}", file=sys.stderr)
         return 2

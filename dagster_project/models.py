@@ -7,6 +7,9 @@ other); Declarative Automation re-runs them after any partition load or backfill
 slot that a killed run left claimed.
 """
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import dagster as dg
 
 from dagster_project.checks import check_result
@@ -71,8 +74,12 @@ def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
             },
         )
     # refresh_models has released the writer lock; each check takes it again to read the marts.
+    yield from model_check_results(trackhouse.warehouse)
+
+
+def model_check_results(warehouse: Path) -> Iterator[dg.AssetCheckResult]:
     for check_name, (asset, severity, check) in MODEL_CHECKS.items():
-        yield check_result(check_name, asset, severity, check(trackhouse.warehouse))
+        yield check_result(check_name, asset, severity, check(warehouse))
 
 
 models_automation = dg.AutomationConditionSensorDefinition(

@@ -218,3 +218,9 @@ class PartitionWriter:
 def read_manifest(warehouse: Path, day: str) -> dict | None:
     path = partition_dir(warehouse, MANIFESTS, day) / MANIFEST_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def loaded_days(warehouse: Path) -> list[str]:
+    """The received days a complete run published (each has its manifest), in order."""
+    manifests = warehouse / MANIFESTS
+    return sorted(path.parent.name.removeprefix("received_date=") for path in manifests.glob(f"received_date=*/{MANIFEST_FILE}"))

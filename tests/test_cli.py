@@ -1,4 +1,4 @@
-"""`etl run`: exit codes, one-line errors and the per-day summary."""
+"""`etl run` and `etl check`: exit codes, one-line errors and the per-day summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import query, track, write_log
 
@@ -153,6 +154,39 @@ def test_a_failed_warn_check_is_named_and_the_run_still_exits_0(logs, warehouse,
     write_log(logs / "2025-01-14" / "a.ndjson", [track(), "not json"])  # half quarantined: over the 5 % warning rate
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
     assert any(line.startswith("check quarantine_rate (quarantine, 2025-01-14) failed, WARN") for line in capsys.readouterr().err.splitlines())
+
+
+def test_check_reruns_every_check_on_the_files_as_they_are_and_rewrites_nothing(logs, warehouse, capsys):
+    for day in ("2025-01-14", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track(messageId=f"{day}-{n}") for n in range(3)])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    capsys.readouterr()
+    assert main(["check", "--warehouse", str(warehouse)]) == 0
+    assert capsys.readouterr().out.strip().endswith("on 2 loaded day(s) from 2025-01-14 to 2025-01-15 and the models: 0 ERROR check(s) failed")
+
+    (part,) = (warehouse / "tracks" / "received_date=2025-01-15").glob("*.parquet")
+    pl.read_parquet(part).head(2).write_parquet(part)  # a row lost after the load
+    before = {path: path.stat().st_mtime_ns for path in warehouse.rglob("*.parquet")}
+    assert main(["check", "--warehouse", str(warehouse), "--date", "2025-01-15"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "check conservation (tracks, 2025-01-15) failed, ERROR: 3 messages read, 2 accepted + 0 quarantined: 1 missing; " \
+        "tracks has 2 rows, the run accepted 3: rerun the day to rewrite it" in err
+    assert err[-1].startswith("etl: ") and "conservation (tracks, 2025-01-15)" in err[-1]
+    assert {path: path.stat().st_mtime_ns for path in warehouse.rglob("*.parquet")} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [([], "no loaded days under"), (["--date", "2025-01-16"], "2025-01-16 is not loaded under")],
+    ids=["nothing loaded", "a day not loaded"],
+)
+def test_check_of_what_is_not_loaded_exits_2_with_one_line(logs, warehouse, capsys, args, expected):
+    if args:
+        write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+        assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+        capsys.readouterr()
+    assert main(["check", "--warehouse", str(warehouse), *args]) == 2
+    assert expected in one_line_error(capsys)
 
 
 HOLD_OPEN = "import duckdb, sys; connection = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
