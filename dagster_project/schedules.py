@@ -25,7 +25,8 @@ def build_daily_schedule(job) -> dg.ScheduleDefinition:
                 f"{yesterday} is not a partition: partitions start at {partitions.get_first_partition_key()},"
                 " the earliest day folder under the logs root; nothing to load yet (rename that folder if its date is wrong)"
             )
-        if not (trackhouse.logs / yesterday).is_dir():
+        # A missing logs root (a mistyped TRACKHOUSE_LOGS) is no quiet day: the run fails saying so.
+        if trackhouse.logs.is_dir() and not (trackhouse.logs / yesterday).is_dir():
             return dg.SkipReason(
                 f"no folder {trackhouse.logs / yesterday}: nothing received that day yet; "
                 f"once its logs arrive, materialize partition {yesterday} (Assets → tracks → Materialize)"

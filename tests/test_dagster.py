@@ -80,6 +80,17 @@ def test_daily_schedule_skips_a_day_without_a_folder_instead_of_loading_it_empty
     assert tick.skip_message.startswith(f"no folder {logs.resolve() / '2025-01-16'}: nothing received that day yet")
 
 
+def test_daily_schedule_still_asks_for_the_day_when_the_logs_root_is_missing(tmp_path, warehouse):
+    # The run then fails with MissingLogs, naming the root: a skip would hide a mistyped TRACKHOUSE_LOGS for ever.
+    config = TrackhouseConfig(logs_root=str(tmp_path / "no-such-logs"), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2025, 1, 17, 1, 30, tzinfo=dt.UTC), repository_def=defs.get_repository_def(),
+        resources={"trackhouse": config},
+    )
+    assert defs.resolve_schedule_def("daily_load")(context).partition_key == "2025-01-16"
+
+
 def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
     two_days(logs)
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
