@@ -221,6 +221,7 @@ def read_manifest(warehouse: Path, day: str) -> dict | None:
 
 
 def loaded_days(warehouse: Path) -> list[str]:
-    """The received days a complete run published (each has its manifest), in order."""
-    manifests = warehouse / MANIFESTS
-    return sorted(path.parent.name.removeprefix("received_date=") for path in manifests.glob(f"received_date=*/{MANIFEST_FILE}"))
+    """The received days that hold a manifest, `tracks` or `quarantine`, in order: a day whose
+    manifest was lost since is still one (and its checks say what is missing)."""
+    folders = (warehouse / table for table in (MANIFESTS, "tracks", "quarantine"))
+    return sorted({path.name.removeprefix("received_date=") for folder in folders for path in folder.glob("received_date=*")})

@@ -175,6 +175,15 @@ def test_check_reruns_every_check_on_the_files_as_they_are_and_rewrites_nothing(
     assert {path: path.stat().st_mtime_ns for path in warehouse.rglob("*.parquet")} == before
 
 
+def test_check_fails_a_loaded_day_whose_manifest_was_lost(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    (warehouse / "manifests" / "received_date=2025-01-14" / "manifest.json").unlink()
+    assert main(["check", "--warehouse", str(warehouse)]) == 1
+    assert any(line.startswith("check conservation (tracks, 2025-01-14) failed, ERROR: FileNotFoundError: no manifest for 2025-01-14")
+               for line in capsys.readouterr().err.splitlines())
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [([], "no loaded days under"), (["--date", "2025-01-16"], "2025-01-16 is not loaded under")],
