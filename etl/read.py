@@ -108,8 +108,9 @@ def list_days(logs_root: Path) -> list[str]:
 def readable_path(path: str) -> str:
     """A path as text that any Parquet string or terminal can hold. A name that is not valid
     UTF-8 (a Latin-1 `café` from an old drop) shows each such byte as `\\xe9`: Python keeps it
-    as a lone surrogate, which crashed the day when stored as `source_file`."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    as a lone surrogate, which crashed the day when stored as `source_file`. A backslash in the
+    name itself is doubled, so a name spelling `\\xe9` out never reads like one holding that byte."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 def skipped_folders(logs_root: Path) -> list[str]:

@@ -322,6 +322,15 @@ def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, war
     assert quarantine_rows(warehouse).sort("batch_index")["raw"][7] == json.dumps(track(messageId="m7", user_id="u7"))
 
 
+def test_a_name_that_is_not_utf8_and_one_spelling_its_escape_stay_two_source_files(logs, warehouse):
+    write_log(logs / DAY / "caf\\xe9.ndjson", [track(messageId="typed")])
+    with open(os.fsencode(logs / DAY) + b"/caf\xe9.ndjson", "wb") as log_file:
+        log_file.write(line(track(messageId="latin-1")) + b"\n")
+    load_day(logs, warehouse, DAY)
+    assert sorted(tracks_rows(warehouse)["source_file"].to_list()) == [f"{DAY}/caf\\\\xe9.ndjson", f"{DAY}/caf\\xe9.ndjson"]
+    assert checks.conservation(warehouse, DAY).passed
+
+
 def test_a_log_file_whose_name_is_not_utf8_is_loaded_with_its_bytes_escaped_in_source_file(logs, warehouse):
     """A Latin-1 `café.ndjson` from an old drop used to crash the day: `source_file` held a lone
     surrogate that no Parquet string can store."""
