@@ -19,7 +19,7 @@ from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
 from etl.catalog import DATABASE_FILE, glob_literal
-from etl.checks import DUCKDB_INTERRUPTED, reading_marts
+from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
 from etl.write import file_lock, loaded_days, read_manifest
@@ -48,6 +48,9 @@ INTERRUPTED = (
     "interrupted while {what}: a day's tables and the marts are replaced only once complete, "
     "so rerun the same command to finish"
 )
+
+
+CHECK_INTERRUPTED = "interrupted while checking: checks write nothing, so rerun `etl check` to check again"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -331,13 +334,25 @@ def check(args: argparse.Namespace) -> int:
         f"{args.date} is not loaded under {config.warehouse}", "loaded days", config.warehouse,
     )
     checked, errors = 0, []
-    for day in days:
-        results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
-        errors += reported_failures(results, day)
-        checked += len(results)
-    results = list(model_check_results(config.warehouse))
-    errors += reported_failures(results, None)
-    checked += len(results)
+    try:
+        for day in days:
+            results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
+            errors += reported_failures(results, day)
+            checked += len(results)
+        missing = missing_marts(config.warehouse)
+        if missing:  # said once, not by each model check
+            print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)
+            errors.append("the models (marts missing)")
+        else:
+            results = list(model_check_results(config.warehouse))
+            errors += reported_failures(results, None)
+            checked += len(results)
+    except KeyboardInterrupt:
+        raise Interrupted(CHECK_INTERRUPTED) from None
+    except Exception as error:
+        if is_interrupt(error):
+            raise Interrupted(CHECK_INTERRUPTED) from None
+        raise
     print(f"{checked} checks on {len(days)} loaded day(s) from {days[0]} to {days[-1]} and the models: {len(errors)} ERROR check(s) failed")
     if errors:
         raise failed_checks_error(errors)

@@ -352,19 +352,25 @@ class MissingMarts(Exception):
     """A model's output is not in the warehouse: the models were never refreshed, or it was removed."""
 
 
+def missing_marts(warehouse: Path) -> list[str]:
+    marts = mart_views(warehouse)
+    return [name for name in model_names() if name not in marts]
+
+
+def missing_marts_message(warehouse: Path, missing: list[str]) -> str:
+    return f"no mart for {', '.join(missing)} under {warehouse / 'marts'}: run `etl models --warehouse {warehouse}` to build them"
+
+
 @contextlib.contextmanager
 def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
     with writer_lock(warehouse), duckdb.connect() as connection:
         sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items()}
-        marts = mart_views(warehouse)
-        missing = [name for name in model_names() if name not in marts]
+        missing = missing_marts(warehouse)
         if missing:
-            raise MissingMarts(
-                f"no mart for {', '.join(missing)} under {warehouse / 'marts'}: run `etl models --warehouse {warehouse}` to build them"
-            )
-        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | marts)
+            raise MissingMarts(missing_marts_message(warehouse, missing))
+        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | mart_views(warehouse))
         create_views(connection, modelled_days_views(warehouse))
         yield connection
 
@@ -380,7 +386,7 @@ def stg_unique_message_id(warehouse: Path) -> CheckOutcome:
     return CheckOutcome(rows == distinct, f"{rows} rows, {distinct} distinct message_id", {"rows": rows, "distinct": distinct})
 
 
-def compared_with_tracks(check: Callable[[duckdb.DuckDBPyConnection], CheckOutcome]) -> Callable[[Path], CheckOutcome]:
+def compared_with_tracks(check: Callable[[duckdb.DuckDBPyConnection, Path], CheckOutcome]) -> Callable[[Path], CheckOutcome]:
     """A model check of the marts against `tracks`, which means nothing while a day the marts were
     built from has been run again since (a backfill during the refresh): it then passes, saying
     so, and the refresh that follows the run compares that day."""
@@ -394,14 +400,14 @@ def compared_with_tracks(check: Callable[[duckdb.DuckDBPyConnection], CheckOutco
                     True, f"not compared: {', '.join(changed)} run again since the models were built; the next refresh compares them",
                     {"changed_days": len(changed)},
                 )
-            return check(connection)
+            return check(connection, warehouse)
 
     return checked
 
 
 @failing_instead_of_raising
 @compared_with_tracks
-def cross_partition_duplicates(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
+def cross_partition_duplicates(connection: duckdb.DuckDBPyConnection, warehouse: Path) -> CheckOutcome:
     """stg_tracks holds each message of the modelled days once, and only those: the copies of a
     message received on more than one day are removed (and counted), no message is lost."""
     tracks, distinct, unmatched = connection.execute(f"""
@@ -414,52 +420,47 @@ def cross_partition_duplicates(connection: duckdb.DuckDBPyConnection) -> CheckOu
     """).fetchone()
     description = f"{tracks - distinct} copies received on more than one day removed; "
     description += "stg_tracks holds every message once" if not unmatched else (
-        f"{unmatched} messages in only one of tracks and stg_tracks: run `etl models` to rebuild the marts"
+        f"{unmatched} messages in only one of tracks and stg_tracks: {rebuild_advice(warehouse)}"
     )
     return CheckOutcome(unmatched == 0, description, {"duplicates_removed": tracks - distinct, "unmatched_messages": unmatched})
 
 
+def rebuild_advice(warehouse: Path) -> str:
+    return f"rebuild the marts with `etl models --warehouse {warehouse}`"
+
+
+def mart_covers_stg_tracks(warehouse: Path, mart: str, key: str, what: str) -> CheckOutcome:
+    """`mart` has one row per distinct `key` of stg_tracks, and its `events` add up to the
+    stg_tracks rows with a `key`: a lost row or a dropped event shows."""
+    expected_keys, expected_events, rows, keys, events = warehouse_rows(warehouse, f"""
+        select
+            (select count(distinct {key}) from stg_tracks),
+            (select count({key}) from stg_tracks),
+            (select count(*) from {mart}),
+            (select count(distinct {key}) from {mart}),
+            (select coalesce(sum(events), 0) from {mart})
+    """)[0]
+    passed = rows == keys == expected_keys and events == expected_events
+    description = f"{rows} rows for {expected_keys} {what} in stg_tracks; {events} of their {expected_events} events counted"
+    return CheckOutcome(
+        passed, description if passed else f"{description}: {rebuild_advice(warehouse)}",
+        {"rows": rows, "keys": expected_keys, "events": events},
+    )
+
+
 @failing_instead_of_raising
 def identities_match_stg_tracks(warehouse: Path) -> CheckOutcome:
-    """dim_identities has one row per anonymous_id of stg_tracks, counting all its events."""
-    expected_ids, expected_events, rows, ids, events = warehouse_rows(warehouse, """
-        select
-            (select count(distinct anonymous_id) from stg_tracks),
-            (select count(anonymous_id) from stg_tracks),
-            (select count(*) from dim_identities),
-            (select count(distinct anonymous_id) from dim_identities),
-            (select coalesce(sum(events), 0) from dim_identities)
-    """)[0]
-    passed = rows == ids == expected_ids and events == expected_events
-    return CheckOutcome(
-        passed,
-        f"{rows} rows for {expected_ids} anonymous_id in stg_tracks; {events} of their {expected_events} events counted",
-        {"rows": rows, "anonymous_ids": expected_ids, "events": events},
-    )
+    return mart_covers_stg_tracks(warehouse, "dim_identities", "anonymous_id", "anonymous_ids")
 
 
 @failing_instead_of_raising
 def active_users_match_stg_tracks(warehouse: Path) -> CheckOutcome:
-    """daily_active_users has one row per event_date of stg_tracks, counting all its events."""
-    expected_days, expected_events, rows, days, events = warehouse_rows(warehouse, """
-        select
-            (select count(distinct event_date) from stg_tracks),
-            (select count(*) from stg_tracks),
-            (select count(*) from daily_active_users),
-            (select count(distinct event_date) from daily_active_users),
-            (select coalesce(sum(events), 0) from daily_active_users)
-    """)[0]
-    passed = rows == days == expected_days and events == expected_events
-    return CheckOutcome(
-        passed,
-        f"{rows} rows for {expected_days} event dates in stg_tracks; {events} of their {expected_events} events counted",
-        {"rows": rows, "event_dates": expected_days, "events": events},
-    )
+    return mart_covers_stg_tracks(warehouse, "daily_active_users", "event_date", "event dates")
 
 
 @failing_instead_of_raising
 @compared_with_tracks
-def orders_reconcile_with_tracks(connection: duckdb.DuckDBPyConnection) -> CheckOutcome:
+def orders_reconcile_with_tracks(connection: duckdb.DuckDBPyConnection, warehouse: Path) -> CheckOutcome:
     """Revenue per currency in fct_orders equals that of the accepted events carrying revenue
     (on the days the models were built from)."""
     mismatches = connection.execute(f"""
@@ -487,6 +488,8 @@ def orders_reconcile_with_tracks(connection: duckdb.DuckDBPyConnection) -> Check
     description = "revenue per currency reconciles" if not mismatches else "; ".join(
         f"{c}: tracks {eo} orders / {er}, fct_orders {ao} / {ar}" for c, eo, ao, er, ar in mismatches
     )
+    if mismatches:
+        description += f": {rebuild_advice(warehouse)}"
     return CheckOutcome(not mismatches, description, {"mismatched_currencies": len(mismatches)})
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import query, track, write_log
@@ -17,6 +19,7 @@ from dagster_project import assets
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
 from etl import checks
+from etl.models import model_names
 from etl.pipeline import DaySummary, MissingLogs
 
 
@@ -182,6 +185,33 @@ def test_check_fails_a_loaded_day_whose_manifest_was_lost(logs, warehouse, capsy
     assert main(["check", "--warehouse", str(warehouse)]) == 1
     assert any(line.startswith("check conservation (tracks, 2025-01-14) failed, ERROR: FileNotFoundError: no manifest for 2025-01-14")
                for line in capsys.readouterr().err.splitlines())
+
+
+def test_check_without_marts_says_once_to_build_them_and_exits_1(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    shutil.rmtree(warehouse / "marts")
+    capsys.readouterr()
+    assert main(["check", "--warehouse", str(warehouse)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "marts" in line and not line.startswith("etl: ")] == [
+        f"models not checked: no mart for {', '.join(model_names())} under {warehouse.resolve() / 'marts'}: "
+        f"run `etl models --warehouse {warehouse.resolve()}` to build them"
+    ]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), duckdb.InterruptException("INTERRUPT Error: Interrupted!")])
+def test_check_interrupted_exits_130_saying_nothing_was_written(logs, warehouse, capsys, monkeypatch, interrupt):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    capsys.readouterr()
+
+    def interrupted(warehouse, day):
+        raise interrupt
+
+    monkeypatch.setattr(checks, "conservation", interrupted)
+    assert main(["check", "--warehouse", str(warehouse)]) == 130
+    assert one_line_error(capsys) == "etl: interrupted while checking: checks write nothing, so rerun `etl check` to check again"
 
 
 @pytest.mark.parametrize(
