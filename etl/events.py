@@ -174,16 +174,18 @@ def register_columns(
     new path is registered with its first value's type before it widens, so a column another run
     registered as float first is never judged as int.
 
-    A rerun of the day that widened a column judges it as int again until the day's first
-    float, as its first run did: the registry remembers the widening day (`widened_on`)."""
+    Types follow received order whatever the order days load in: the registry keeps the
+    earliest received day that widened a column (`widened_on`), and a day up to that one (a
+    rerun, or an earlier day loaded later) judges the column as int until its own first float,
+    as a clean run in received order would; a float there moves `widened_on` back to it."""
     known = registry.columns(event)
     proposals, floats_from, rewidened = {}, {}, {}
     for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
         widened_here = (
-            column is not None and column.widened_on is not None and column.widened_on == registry.loading_day
-            and (event, key) not in registry.floats_seen
+            column is not None and column.widened_on is not None and registry.loading_day is not None
+            and registry.loading_day <= column.widened_on and (event, key) not in registry.floats_seen
         )
         if column is not None and column.type != "int" and not widened_here:
             continue
@@ -196,6 +198,8 @@ def register_columns(
             registry.floats_seen.add((event, key))
         if widened_here:
             rewidened[key] = len(values) if first_float is None else first_float
+            if first_float is not None and registry.loading_day < column.widened_on:
+                proposals[key] = (path, "float")  # this earlier day widened it first
         if column is None:
             proposals[key] = (path, value_type(values[kept[0]]))
     columns = registry.register(event, proposals) if proposals else known

@@ -139,7 +139,7 @@ class SchemaRegistry:
                     )
                     current[key] = Column(name, kind, position)
                     taken.add(name)
-                elif existing.type == "int" and kind == "float":
+                elif kind == "float" and (existing.type == "int" or self.widened_earlier(existing)):
                     connection.execute(
                         "update columns set type = 'float', widened_on = ? where event = ? and path = ?",
                         (self.loading_day, event, key),
@@ -151,6 +151,10 @@ class SchemaRegistry:
             raise
         self.cache[event] = current
         return current
+
+    def widened_earlier(self, column: Column) -> bool:
+        """This load's day, received before the day that widened `column`, widens it too."""
+        return column.widened_on is not None and self.loading_day is not None and self.loading_day < column.widened_on
 
     def all_events(self) -> dict[str, list[Column]]:
         rows = self.connection.execute("select event, name, type, position from columns order by event, position").fetchall()

@@ -196,6 +196,30 @@ def test_a_rerun_of_the_day_that_widened_a_column_judges_its_values_as_its_first
     assert loaded() == first
 
 
+@pytest.mark.parametrize(
+    "load_order",
+    [["2025-01-14", "2025-01-15"], ["2025-01-14", "2025-01-15", "2025-01-14", "2025-01-15"], ["2025-01-15", "2025-01-14", "2025-01-15"]],
+    ids=["in received order", "etl run twice", "the later day first, then rerun"],
+)
+@pytest.mark.parametrize("earlier_day_has_a_float", [True, False], ids=["both days have a float", "only the later day"])
+def test_a_widening_judges_each_day_as_a_clean_run_in_received_order_would(logs, warehouse, load_order, earlier_day_has_a_float):
+    big = '{"type":"track","event":"A","userId":"u1","messageId":"%s","properties":{"n":%d}}'
+    after_a_float = [track("A", messageId="a4", properties={"n": 1.5}), big % ("a5", 2**64)] if earlier_day_has_a_float else []
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("A", messageId="a1", properties={"n": 1}), big % ("a2", 2**64), track("A", messageId="a3", properties={"n": True}),
+        *after_a_float,
+    ])
+    write_log(logs / "2025-01-15" / "a.ndjson", [track("A", messageId="b1", properties={"n": 2}), track("A", messageId="b2", properties={"n": 2.5})])
+    for day in load_order:
+        load_day(logs, warehouse, day)
+    refresh_catalog(warehouse)
+    after_a_float_rows = [("a4", 1.5), ("a5", 2.0**64)] if earlier_day_has_a_float else []
+    assert query(warehouse, "select message_id, n from a order by 1") == [
+        ("a1", 1.0), ("a2", None), ("a3", None), *after_a_float_rows, ("b1", 2.0), ("b2", 2.5),
+    ]
+    assert query(warehouse, "select message_id, expected_type from discards order by 1") == [("a2", "int"), ("a3", "int")]
+
+
 def test_a_registry_written_before_widenings_were_dated_opens_and_keeps_its_columns(warehouse):
     warehouse.mkdir()
     with sqlite3.connect(warehouse / registry.REGISTRY_FILE) as old:
