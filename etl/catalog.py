@@ -90,13 +90,12 @@ def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -
     """Event table → the columns its Parquet files hold, in one schema scan of every footer
     (one query, not one per table: a warehouse may have thousands of event tables)."""
     pattern = parquet_glob(events, "*/received_date=*/*.parquet")
-    rows = connection.execute(
-        f"select distinct file_name, name from parquet_schema({pattern}) where num_children is null"
-    ).fetchall()
-    written: dict[str, set[str]] = {}
-    for file_name, column in rows:
-        written.setdefault(Path(file_name).parent.parent.name, set()).add(column)
-    return written
+    # Grouped in DuckDB: a row per file and column in Python held 1.2 GB for 5,000 tables of 414 columns.
+    rows = connection.execute(f"""
+        select regexp_extract(file_name, '([^/]+)/received_date=[^/]*/[^/]*$', 1), list(distinct name)
+        from parquet_schema({pattern}) where num_children is null group by 1
+    """).fetchall()
+    return {table: set(columns) for table, columns in rows}
 
 
 def event_view_sql(source: str, present: set[str], properties: list[Column]) -> str:

@@ -401,8 +401,9 @@ def load_day(
         # An event table has every `context_…` column of the day's `tracks`, as the contract has
         # it (a chunk's rows carry the ones they use): NULL where its events never sent the key.
         day_context = {name: dtype for name, dtype in writer.columns.get(TRACKS, {}).items() if is_context_column(name)}
-        for event in event_rows:
+        for event in event_rows:  # each written at once: thousands of padded frames must not pile up
             writer.add_columns(f"{EVENTS}/{event}", day_context)
+            writer.flush(f"{EVENTS}/{event}")
         writer.flush_all()
         # Every day has these tables, even empty, so views and schemas never miss a partition.
         for table, empty in ((TRACKS, empty_tracks()), (QUARANTINE, empty_quarantine()), (DISCARDS, empty_discards())):
