@@ -70,6 +70,14 @@ def test_discards_check_fails_when_discards_lose_rows_the_manifest_counted(logs,
     assert not outcome.passed and "1 values discarded, 0 in discards: 1 missing" in outcome.description
 
 
+def test_discards_check_fails_when_a_discard_points_at_no_accepted_message(logs, warehouse):
+    loaded_day(logs, warehouse)
+    (part,) = parts(warehouse, "discards")
+    rewrite(part, lambda rows: rows.with_columns(message_id=pl.lit("nowhere")))
+    outcome = checks.discards_point_to_messages(warehouse, DAY)
+    assert not outcome.passed and outcome.description.endswith("1 pointing at no accepted message")
+
+
 def test_event_rows_check_fails_when_a_row_moves_to_another_event_table(logs, warehouse):
     loaded_day(logs, warehouse)
     assert checks.event_rows_match_tracks(warehouse, DAY).passed

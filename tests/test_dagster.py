@@ -198,6 +198,35 @@ def test_a_mart_that_loses_a_row_fails_its_check(logs, warehouse, mart, check):
     assert not check(warehouse).passed
 
 
+def rewrite_mart(warehouse: Path, mart: str, change) -> None:
+    part = next((warehouse / "marts" / mart).glob("*.parquet"))
+    change(pl.read_parquet(part)).write_parquet(part)
+
+
+@pytest.mark.parametrize(
+    ("mart", "change", "check"),
+    [
+        ("stg_tracks", lambda rows: pl.concat([rows, rows.head(1)]), checks.stg_unique_message_id),
+        ("conversions_daily", lambda rows: rows.with_columns(conversion_rate=pl.lit(1.5)), checks.conversion_rate_in_range),
+        ("fct_conversions", lambda rows: rows.tail(-1), checks.conversions_match_facts),
+        ("revenue_daily", lambda rows: rows.with_columns(revenue_usd=rows["revenue_usd"] * 2), checks.revenue_daily_matches_orders),
+    ],
+    ids=["a message twice in stg_tracks", "a rate above 1", "a conversion lost", "revenue_usd changed"],
+)
+def test_a_tampered_mart_fails_the_check_that_guards_it(logs, warehouse, mart, change, check):
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track("Order Completed", messageId="o1", timestamp="2025-01-14T10:00:00Z", properties={"revenue": 10, "currency": "EUR"}),
+        track("Signed up for a trial", messageId="c1", timestamp="2025-01-14T11:00:00Z"),
+        track("Signed up for a trial", "u2", messageId="c2", timestamp="2025-01-14T12:00:00Z"),
+    ])
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    materialize_day(config, "2025-01-14")
+    dg.materialize([sql_models], resources={"trackhouse": config}, run_config=QUIET)
+    assert check(warehouse).passed
+    rewrite_mart(warehouse, mart, change)
+    assert not check(warehouse).passed
+
+
 def test_a_missing_mart_fails_the_model_checks_in_one_line_saying_what_to_run(logs, warehouse):
     modelled_warehouse(logs, warehouse)
     shutil.rmtree(warehouse / "marts" / "stg_tracks")

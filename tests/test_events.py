@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import multiprocessing
 import sqlite3
 import time
@@ -14,7 +15,7 @@ from conftest import query, track, write_log
 
 from etl import checks, registry, write
 from etl.catalog import refresh_catalog
-from etl.names import snake_case
+from etl.names import event_table_name, snake_case
 from etl.pipeline import load_day
 from etl.registry import SchemaRegistry
 from etl.write import partition_dir
@@ -45,11 +46,21 @@ def registered(warehouse: Path, event: str) -> list[tuple[str, str]]:
         ("Straße Nummer", "straße_nummer"), ("--weird  key--", "weird_key"),
         ("हिन्दी नाम", "हिन्दी_नाम"), ("e\u0301t\u00e9", "été"), ("Preis٣", "preis٣"),
         ("x²", "x"), ("½ off", "off"), ("Ⅻ Tour", "tour"), ("ΟΔΟΣ Αθηνάς", "οδος_αθηνάς"),
+        ("_private", "private"), ("--a--", "a"),
     ],
     ids=repr,
 )
 def test_property_key_becomes_lower_snake_case(key, column):
     assert snake_case(key) == column
+
+
+@pytest.mark.parametrize(
+    ("event_text", "table"),
+    [("1st Order", "event_1st_order"), (" !!! ", "event_" + hashlib.sha1(" !!! ".encode()).hexdigest()[:8])],
+    ids=["starts with a digit", "nothing left"],
+)
+def test_an_event_name_starting_with_a_digit_or_left_empty_is_prefixed_event(event_text, table):
+    assert event_table_name(event_text) == table
 
 
 def test_nested_properties_join_with_underscore_and_arrays_are_json_text(logs, warehouse):
@@ -116,6 +127,13 @@ def test_column_type_is_fixed_by_the_first_value_and_misfits_become_discards(log
         ("m2", "when", "tomorrow", "timestamp", dt.date(2025, 1, 15)),
         ("m3", "quantity", "3", "int", dt.date(2025, 1, 15)),
     ]
+
+
+@pytest.mark.parametrize(("first", "kind"), [(1, "int"), (1.5, "float")])
+def test_a_boolean_never_fits_a_number_column(logs, warehouse, first, kind):
+    load(logs, warehouse, {DAY: [track("A", messageId="m1", properties={"n": first}), track("A", messageId="m2", properties={"n": True})]})
+    assert query(warehouse, "select message_id, n from a order by 1") == [("m1", first), ("m2", None)]
+    assert query(warehouse, "select message_id, value, expected_type from discards") == [("m2", "true", kind)]
 
 
 def test_a_discard_names_its_own_message_when_other_events_interleave(logs, warehouse):

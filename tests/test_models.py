@@ -260,6 +260,17 @@ def test_fct_orders_converts_revenue_to_usd_and_adds_the_first_touch_campaign_so
     assert all(isinstance(r[6], Decimal) for r in rows if r[6] is not None)
 
 
+def test_first_touch_campaign_source_skips_an_event_without_a_timestamp(logs, warehouse, tmp_path):
+    # "Earliest" orders by timestamp, NULL last: the untimed event comes first in the file, yet loses.
+    write_log(logs / "2025-01-15" / "web.ndjson", [
+        track("Page Viewed", "u-1", messageId="e-1", context={"campaign": {"source": "untimed"}}),
+        track("Page Viewed", "u-1", messageId="e-2", timestamp="2025-01-12T10:00:00Z", context={"campaign": {"source": "google"}}),
+        order("o-1", "u-1", "2025-01-13T12:00:00Z", 10),
+    ])
+    build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-15"])
+    assert query(warehouse, "select message_id, campaign_source from fct_orders") == [("o-1", "google")]
+
+
 def test_revenue_usd_rounds_the_exact_product_half_away_from_zero(logs, warehouse, tmp_path):
     # In floating point, 0.5 × 1.2307 = 0.61535 is 0.615349…, which rounds down.
     write_log(logs / "2025-01-15" / "a.ndjson", [

@@ -224,6 +224,25 @@ def test_timestamp_falls_back_to_original_then_occurred_at_then_received(logs, w
     assert tracks_rows(warehouse)["timestamp"].to_list() == [expected]
 
 
+def test_original_timestamp_comes_before_occurred_at_when_both_are_sent(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(originalTimestamp="2025-01-14T08:00:00Z", properties={"occurred_at": "2025-01-13T07:00:00Z"})])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["timestamp"].to_list() == [dt.datetime(2025, 1, 14, 8, tzinfo=UTC)]
+
+
+def test_event_date_is_the_utc_date_of_timestamp_not_of_received_at(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(timestamp="2025-01-14T23:30:00-01:00", receivedAt="2025-01-16T00:10:00Z")])
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse)["event_date"].to_list() == [dt.date(2025, 1, 15)]
+
+
+def test_a_duplicate_in_files_named_in_different_case_is_won_by_the_first_name_by_code_point(logs, warehouse):
+    write_log(logs / DAY / "a.ndjson", [track(messageId="m1", event="From a")])
+    write_log(logs / DAY / "B.ndjson", [track(messageId="m1", event="From B")])  # "B" < "a" by code point
+    load_day(logs, warehouse, DAY)
+    assert tracks_rows(warehouse).select("event_text", "source_file").rows() == [("From B", f"{DAY}/B.ndjson")]
+
+
 def test_without_any_time_event_date_is_the_received_day_and_received_at_is_null(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [track()])
     load_day(logs, warehouse, DAY)

@@ -216,6 +216,11 @@ def test_event_length_is_counted_in_characters():
 # --- reserved_event_name --------------------------------------------------------------------
 
 
+def test_an_event_name_with_a_dollar_after_its_first_character_is_not_reserved():
+    assert accepted(track(event=" $x")).event_text == " $x"
+    accepted(track(event="a$"))
+
+
 def test_reserved_event_name_is_quarantined():
     _, text, found = quarantined_row(track(event="$identify"))
     assert found == ["reserved_event_name"]
@@ -370,7 +375,18 @@ def test_objects_four_levels_below_properties_are_properties_too_deep():
     assert reasons(track(properties={"a": {"b": {"c": {"d": 1}}}}))[0] == "properties_too_deep"
 
 
+def test_an_object_inside_an_array_sits_at_the_arrays_own_level():
+    # Arrays are transparent: `c` is three levels below properties, as in {"a": {"b": {"c": 1}}}.
+    accepted(track(properties={"a": [{"b": {"c": 1}}]}))
+    assert reasons(track(properties={"a": [{"b": {"c": {"d": 1}}}]}))[0] == "properties_too_deep"
+
+
 # --- array_too_long -------------------------------------------------------------------------
+
+
+def test_a_256_element_array_on_a_line_of_exactly_255_commas_is_array_too_long():
+    line = '{"a":[' + ",".join(["0"] * 256) + "]}"
+    assert line.count(",") == 255 and "array_too_long" in reasons(line)
 
 
 def test_array_of_255_elements_is_accepted():
