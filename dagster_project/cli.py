@@ -75,29 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    run = commands.add_parser(
-        "run",
-        help="load received days (the Dagster partition assets), then print a summary per day",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        subparser = commands.add_parser(name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_warehouse_option(subparser)
+        return subparser
+
+    run = command("run", "load received days (the Dagster partition assets), then print a summary per day")
     run.add_argument("--logs", default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
-    add_warehouse_option(run)
     add_day_options(run, "load")
-    models = commands.add_parser(
-        "models",
-        help="refresh the SQL models (marts and warehouse.duckdb) over every loaded day",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_warehouse_option(models)
-    check = commands.add_parser(
-        "check",
-        help="rerun the asset checks of loaded days and of the models on the files as they are now, writing nothing",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_warehouse_option(check)
+    command("models", "refresh the SQL models (marts and warehouse.duckdb) over every loaded day")
+    check = command("check", "rerun the asset checks of loaded days and of the models on the files as they are now, writing nothing")
     add_day_options(check, "check")
     return parser
 
