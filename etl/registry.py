@@ -34,7 +34,7 @@ class Column:
     name: str
     type: str
     position: int
-    widened_on: str | None = None  # the received day whose load widened int to float
+    widened_on: str | None = None  # the earliest received day that widened int to float
 
 
 def path_key(path: tuple[str, ...]) -> str:
@@ -70,8 +70,8 @@ class SchemaRegistry:
         self._create()
         self.cache: dict[str, dict[str, Column]] = {}
         self.loading_day = loading_day
-        # (event, path key) of the columns that `loading_day` itself widened, once this load has
-        # passed their first float: until then a rerun of that day judges them as int again.
+        # (event, path key) of the columns this load has seen a float for: until then, a day up to
+        # the column's `widened_on` judges it as int, as a clean run in received order would.
         self.floats_seen: set[tuple[str, str]] = set()
 
     def _create(self) -> None:
