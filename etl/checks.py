@@ -42,6 +42,13 @@ def is_interrupt(error: Exception) -> bool:
     return isinstance(error, duckdb.InterruptException) or (type(error) is RuntimeError and str(error) == DUCKDB_INTERRUPTED)
 
 
+def rewrite_advice(warehouse: Path, day: str | None = None, *_) -> str:
+    """What rewrites the files a check found wrong or could not read: the day's load, or the models' refresh."""
+    if day is not None:
+        return f"rerun the day (`etl run --date {day}`) to rewrite its files"
+    return f"rebuild the marts with `etl models --warehouse {warehouse}`"
+
+
 def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[..., CheckOutcome]:
     """A check that cannot read what it checks (a file missing, empty or corrupt) fails, naming the
     error: raising would lose the results of every other check of the run."""
@@ -54,7 +61,8 @@ def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[.
             if is_interrupt(error):
                 raise  # Ctrl-C stops the run: it is no failed check
             first_line = (str(error).strip().splitlines() or [""])[0]  # DuckDB adds the query and a caret
-            return CheckOutcome(False, f"{type(error).__name__}: {first_line}", {"error": type(error).__name__})
+            remedy = f": {rewrite_advice(*args)}" if args and not isinstance(error, MissingMarts) else ""
+            return CheckOutcome(False, f"{type(error).__name__}: {first_line}{remedy}", {"error": type(error).__name__})
 
     return run
 
@@ -140,7 +148,7 @@ def conservation(warehouse: Path, day: str) -> CheckOutcome:
         problems.append("quarantine rows by reason differ from the run's counts for " + ", ".join(differ))
     if repeated:
         problems.append(f"{repeated} rows repeat a message's source_file, line_number and batch_index")
-    verdict_text = "; ".join(problems) + ": rerun the day to rewrite it" if problems else "nothing lost, none twice"
+    verdict_text = "; ".join(problems) + f": {rewrite_advice(warehouse, day)}" if problems else "nothing lost, none twice"
     description = f"{expected} messages read, {accepted} accepted + {quarantined} quarantined: {verdict_text}"
     return CheckOutcome(not problems, description, metadata)
 
@@ -366,7 +374,9 @@ def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
     with writer_lock(warehouse), duckdb.connect() as connection:
-        sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items()}
+        # Only `tracks`: the marts' checks never read quarantine or discards, and a corrupt file
+        # there must fail the day's checks alone, not every model check too.
+        sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items() if name == "tracks"}
         missing = missing_marts(warehouse)
         if missing:
             raise MissingMarts(missing_marts_message(warehouse, missing))
@@ -420,13 +430,9 @@ def cross_partition_duplicates(connection: duckdb.DuckDBPyConnection, warehouse:
     """).fetchone()
     description = f"{tracks - distinct} copies received on more than one day removed; "
     description += "stg_tracks holds every message once" if not unmatched else (
-        f"{unmatched} messages in only one of tracks and stg_tracks: {rebuild_advice(warehouse)}"
+        f"{unmatched} messages in only one of tracks and stg_tracks: {rewrite_advice(warehouse)}"
     )
     return CheckOutcome(unmatched == 0, description, {"duplicates_removed": tracks - distinct, "unmatched_messages": unmatched})
-
-
-def rebuild_advice(warehouse: Path) -> str:
-    return f"rebuild the marts with `etl models --warehouse {warehouse}`"
 
 
 def mart_covers_stg_tracks(warehouse: Path, mart: str, key: str, what: str) -> CheckOutcome:
@@ -443,7 +449,7 @@ def mart_covers_stg_tracks(warehouse: Path, mart: str, key: str, what: str) -> C
     passed = rows == keys == expected_keys and events == expected_events
     description = f"{rows} rows for {expected_keys} {what} in stg_tracks; {events} of their {expected_events} events counted"
     return CheckOutcome(
-        passed, description if passed else f"{description}: {rebuild_advice(warehouse)}",
+        passed, description if passed else f"{description}: {rewrite_advice(warehouse)}",
         {"rows": rows, "keys": expected_keys, "events": events},
     )
 
@@ -489,7 +495,7 @@ def orders_reconcile_with_tracks(connection: duckdb.DuckDBPyConnection, warehous
         f"{c}: tracks {eo} orders / {er}, fct_orders {ao} / {ar}" for c, eo, ao, er, ar in mismatches
     )
     if mismatches:
-        description += f": {rebuild_advice(warehouse)}"
+        description += f": {rewrite_advice(warehouse)}"
     return CheckOutcome(not mismatches, description, {"mismatched_currencies": len(mismatches)})
 
 

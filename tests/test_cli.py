@@ -173,18 +173,32 @@ def test_check_reruns_every_check_on_the_files_as_they_are_and_rewrites_nothing(
     assert main(["check", "--warehouse", str(warehouse), "--date", "2025-01-15"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert "check conservation (tracks, 2025-01-15) failed, ERROR: 3 messages read, 2 accepted + 0 quarantined: 1 missing; " \
-        "tracks has 2 rows, the run accepted 3: rerun the day to rewrite it" in err
+        "tracks has 2 rows, the run accepted 3: rerun the day (`etl run --date 2025-01-15`) to rewrite its files" in err
     assert err[-1].startswith("etl: ") and "conservation (tracks, 2025-01-15)" in err[-1]
     assert {path: path.stat().st_mtime_ns for path in warehouse.rglob("*.parquet")} == before
 
 
-def test_check_fails_a_loaded_day_whose_manifest_was_lost(logs, warehouse, capsys):
+def test_check_fails_a_loaded_day_whose_manifest_was_lost_saying_to_rerun_it(logs, warehouse, capsys):
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
     (warehouse / "manifests" / "received_date=2025-01-14" / "manifest.json").unlink()
     assert main(["check", "--warehouse", str(warehouse)]) == 1
-    assert any(line.startswith("check conservation (tracks, 2025-01-14) failed, ERROR: FileNotFoundError: no manifest for 2025-01-14")
-               for line in capsys.readouterr().err.splitlines())
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("check conservation (tracks, 2025-01-14)")]
+    assert failed == [
+        "check conservation (tracks, 2025-01-14) failed, ERROR: FileNotFoundError: no manifest for 2025-01-14: the partition was "
+        "not published by a complete run: rerun the day (`etl run --date 2025-01-14`) to rewrite its files"
+    ]
+
+
+def test_a_corrupt_quarantine_file_fails_only_the_days_checks_not_the_models(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(), "not json"])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    for part in (warehouse / "quarantine" / "received_date=2025-01-14").glob("*.parquet"):
+        part.write_bytes(b"")
+    capsys.readouterr()
+    assert main(["check", "--warehouse", str(warehouse)]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("check ")]
+    assert failed and all(", 2025-01-14) failed" in line for line in failed)
 
 
 def test_check_without_marts_says_once_to_build_them_and_exits_1(logs, warehouse, capsys):
