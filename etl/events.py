@@ -171,13 +171,14 @@ def register_columns(
     Also returns, for each path that the registry held as int until a float came in this chunk,
     where that float is among its values: the values before it are judged as an int column's, as
     in a chunk of their own (else a value's fate would depend on where chunks happen to end). A
-    new path is registered with its first value's type before it widens, so a column another run
-    registered as float first is never judged as int.
+    new path is registered with its first value's type before it widens, so a column that a run
+    of an earlier (or the same) day registered as float meanwhile is never judged as int.
 
     Types follow received order whatever the order days load in: the registry keeps the
-    earliest received day that widened a column (`widened_on`), and a day up to that one (a
-    rerun, or an earlier day loaded later) judges the column as int until its own first float,
-    as a clean run in received order would; a float there moves `widened_on` back to it."""
+    earliest received day that sent a column a float (`widened_on`: the day that widened it, or
+    registered it as float), and a day up to that one (a rerun, or an earlier day loaded later)
+    judges the column as int until its own first float, as a clean run in received order would;
+    a float there moves `widened_on` back to it."""
     known = registry.columns(event)
     proposals, floats_from, rewidened = {}, {}, {}
     for path, (rows, values) in cells.items():

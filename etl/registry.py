@@ -34,7 +34,7 @@ class Column:
     name: str
     type: str
     position: int
-    widened_on: str | None = None  # the earliest received day that widened int to float
+    widened_on: str | None = None  # the earliest received day that sent it a float
 
 
 def path_key(path: tuple[str, ...]) -> str:
@@ -133,11 +133,14 @@ class SchemaRegistry:
                         continue
                     name = unique_name(base_column_name(path), taken)
                     position = len(current)
+                    # A float column's first float counts as a widening: an earlier day loaded later
+                    # still judges it as int until its own first float, as in received order.
+                    widened_on = self.loading_day if kind == "float" else None
                     connection.execute(
-                        "insert into columns (event, path, name, type, position) values (?, ?, ?, ?, ?)",
-                        (event, key, name, kind, position),
+                        "insert into columns (event, path, name, type, position, widened_on) values (?, ?, ?, ?, ?, ?)",
+                        (event, key, name, kind, position, widened_on),
                     )
-                    current[key] = Column(name, kind, position)
+                    current[key] = Column(name, kind, position, widened_on)
                     taken.add(name)
                 elif kind == "float" and (existing.type == "int" or self.widened_earlier(existing)):
                     connection.execute(

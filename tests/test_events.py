@@ -219,15 +219,19 @@ def test_a_rerun_of_the_day_that_widened_a_column_judges_its_values_as_its_first
     [["2025-01-14", "2025-01-15"], ["2025-01-14", "2025-01-15", "2025-01-14", "2025-01-15"], ["2025-01-15", "2025-01-14", "2025-01-15"]],
     ids=["in received order", "etl run twice", "the later day first, then rerun"],
 )
+@pytest.mark.parametrize("later_day_starts_with_a_float", [False, True], ids=["later day int first", "later day float first"])
 @pytest.mark.parametrize("earlier_day_has_a_float", [True, False], ids=["both days have a float", "only the later day"])
-def test_a_widening_judges_each_day_as_a_clean_run_in_received_order_would(logs, warehouse, load_order, earlier_day_has_a_float):
+def test_a_widening_judges_each_day_as_a_clean_run_in_received_order_would(
+    logs, warehouse, load_order, earlier_day_has_a_float, later_day_starts_with_a_float,
+):
     big = '{"type":"track","event":"A","userId":"u1","messageId":"%s","properties":{"n":%d}}'
     after_a_float = [track("A", messageId="a4", properties={"n": 1.5}), big % ("a5", 2**64)] if earlier_day_has_a_float else []
     write_log(logs / "2025-01-14" / "a.ndjson", [
         track("A", messageId="a1", properties={"n": 1}), big % ("a2", 2**64), track("A", messageId="a3", properties={"n": True}),
         *after_a_float,
     ])
-    write_log(logs / "2025-01-15" / "a.ndjson", [track("A", messageId="b1", properties={"n": 2}), track("A", messageId="b2", properties={"n": 2.5})])
+    later = [track("A", messageId="b1", properties={"n": 2}), track("A", messageId="b2", properties={"n": 2.5})]
+    write_log(logs / "2025-01-15" / "a.ndjson", later[::-1] if later_day_starts_with_a_float else later)
     for day in load_order:
         load_day(logs, warehouse, day)
     refresh_catalog(warehouse)
