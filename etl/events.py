@@ -184,10 +184,7 @@ def register_columns(
     for path, (rows, values) in cells.items():
         key = path_key(path)
         column = known.get(key)
-        widened_here = (
-            column is not None and column.widened_on is not None and registry.loading_day is not None
-            and registry.loading_day <= column.widened_on and (event, key) not in registry.floats_seen
-        )
+        widened_here = column is not None and registry.int_until_first_float(event, key, column)
         if column is not None and column.type != "int" and not widened_here:
             continue
         kept = [i for i, r in enumerate(rows) if keep[r]] if keep is not None else range(len(values))
@@ -199,8 +196,8 @@ def register_columns(
             registry.floats_seen.add((event, key))
         if widened_here:
             rewidened[key] = len(values) if first_float is None else first_float
-            if first_float is not None and registry.loading_day < column.widened_on:
-                proposals[key] = (path, "float")  # this earlier day widened it first
+            if first_float is not None:
+                proposals[key] = (path, "float")  # the registry moves widened_on back if this day is earlier
         if column is None:
             proposals[key] = (path, value_type(values[kept[0]]))
     columns = registry.register(event, proposals) if proposals else known

@@ -155,6 +155,14 @@ class SchemaRegistry:
         self.cache[event] = current
         return current
 
+    def int_until_first_float(self, event: str, key: str, column: Column) -> bool:
+        """This load judges `column` as int until its own first float: its day is up to the
+        earliest that sent the column a float, and no float has come in this load yet."""
+        return (
+            column.widened_on is not None and self.loading_day is not None and self.loading_day <= column.widened_on
+            and (event, key) not in self.floats_seen
+        )
+
     def widened_earlier(self, column: Column) -> bool:
         """This load's day, received before the day that widened `column`, widens it too."""
         return column.widened_on is not None and self.loading_day is not None and self.loading_day < column.widened_on
