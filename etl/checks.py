@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, table_folders, writer_lock
+from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, writer_lock
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
@@ -360,8 +360,8 @@ class MissingMarts(Exception):
     """A model's output is not in the warehouse: the models were never refreshed, or it was removed."""
 
 
-def missing_marts(warehouse: Path) -> list[str]:
-    marts = mart_views(warehouse)
+def missing_marts(marts: dict[str, str]) -> list[str]:
+    """The models without a published mart, of `mart_views`."""
     return [name for name in model_names() if name not in marts]
 
 
@@ -374,13 +374,14 @@ def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
     with writer_lock(warehouse), duckdb.connect() as connection:
-        # Only `tracks`: the marts' checks never read quarantine or discards, and a corrupt file
-        # there must fail the day's checks alone, not every model check too.
-        sources = {name: parquet_source(folder) for name, folder in table_folders(warehouse).items() if name == "tracks"}
-        missing = missing_marts(warehouse)
+        marts = mart_views(warehouse)
+        missing = missing_marts(marts)
         if missing:
             raise MissingMarts(missing_marts_message(warehouse, missing))
-        create_views(connection, {name: f"select * from {s}" for name, s in sources.items() if s} | mart_views(warehouse))
+        # Only `tracks`: the marts' checks never read quarantine or discards, and a corrupt file
+        # there must fail the day's checks alone, not every model check too.
+        tracks = parquet_source(warehouse / "tracks") if (warehouse / "tracks").is_dir() else None
+        create_views(connection, ({"tracks": f"select * from {tracks}"} if tracks else {}) | marts)
         create_views(connection, modelled_days_views(warehouse))
         yield connection
 
