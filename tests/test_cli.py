@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import duckdb
@@ -15,7 +16,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
-from dagster_project import assets
+from dagster_project import assets, launch
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
 from etl import checks
@@ -226,6 +227,31 @@ def test_check_interrupted_exits_130_saying_nothing_was_written(logs, warehouse,
     monkeypatch.setattr(checks, "conservation", interrupted)
     assert main(["check", "--warehouse", str(warehouse)]) == 130
     assert one_line_error(capsys) == "etl: interrupted while checking: checks write nothing, so rerun `etl check` to check again"
+
+
+class InterruptedImport:
+    """A module finder that raises Ctrl-C's exception when `name` is imported, as a Ctrl-C while
+    Python imports Dagster (the `etl` command's first second) does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == self.name:
+            raise KeyboardInterrupt
+        return None
+
+
+def test_an_interrupt_while_the_command_starts_exits_130_with_one_line(capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "dagster_project.cli")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport("dagster_project.cli"), *sys.meta_path])
+    assert launch.main() == 130
+    assert one_line_error(capsys) == "etl: interrupted while starting, before anything was read or written: rerun the command"
+
+
+def test_the_etl_command_runs_the_cli_through_the_launcher():
+    entry_points = metadata.entry_points(group="console_scripts", name="etl")
+    assert [entry.value for entry in entry_points] == ["dagster_project.launch:main"]
 
 
 @pytest.mark.parametrize(
