@@ -55,11 +55,16 @@ SEED_RULES = {
         ("count(*) over (partition by currency, date) > 1", "gives a second rate for one currency and date"),
     ),
     "goals": (
-        ("name is null or trim(name) = '' or default_value_cents is null", "has an empty cell"),
+        ("name is null or goal_key(name) = '' or default_value_cents is null", "has an empty cell"),
         ("default_value_cents < 0", "has a negative default value"),
-        ("count(*) over (partition by lower(trim(name))) > 1", "repeats a goal name (ignoring case and spaces)"),
+        ("count(*) over (partition by goal_key(name)) > 1", "repeats a goal name (ignoring case and spaces)"),
     ),
 }
+# What a goal's name and an event's text are compared by (`fct_conversions`, and the seed rules
+# above, which must agree with it): lower case, without surrounding white space. That is every
+# Unicode White_Space character: DuckDB's `\s` alone misses no-break spaces, `\v` and NEL.
+GOAL_KEY_MACRO = r"""create macro goal_key(name) as
+    lower(regexp_replace(name, '^[\s\v\x{85}\pZ]+|[\s\v\x{85}\pZ]+$', '', 'g'))"""
 
 
 class ModelError(Exception):
@@ -170,6 +175,7 @@ def bounded_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
         "preserve_insertion_order": False,
     })
     connection.execute("set enable_progress_bar = false")
+    connection.execute(GOAL_KEY_MACRO)
     return connection
 
 

@@ -1,5 +1,6 @@
 -- One row per event whose name is a goal's (ignoring case and surrounding space): a Drip
--- conversion, worth properties.value cents, else the goal's default. "Space" is any white space
+-- conversion, worth properties.value cents, else the goal's default. goal_key (a macro of
+-- etl/models.py, shared with the seed checks) lower-cases and strips any Unicode white space
 -- (tabs, newlines, no-break spaces), which trim() alone would keep.
 with tracks as (
     select * from stg_tracks
@@ -19,8 +20,7 @@ matched as (
         coalesce(tracks.value, goal_definitions.default_value_cents) as value_cents
     from tracks
     inner join goal_definitions
-        on lower(regexp_replace(tracks.event_text, '^[\s\pZ]+|[\s\pZ]+$', '', 'g'))
-            = lower(regexp_replace(goal_definitions.name, '^[\s\pZ]+|[\s\pZ]+$', '', 'g'))
+        on goal_key(tracks.event_text) = goal_key(goal_definitions.name)
 )
 
 select

@@ -355,10 +355,13 @@ def test_a_goal_matches_an_event_text_surrounded_by_any_white_space(logs, wareho
         track("\tNewsletter Subscribed\n", "u-1", messageId="c-1"),
         track("\u00a0signed up for a trial\u3000", "u-2", messageId="c-2"),
         track("Newsletter\tSubscribed", "u-3", messageId="c-3"),   # inner white space still differs
+        track("Newsletter Subscribed\v", "u-4", messageId="c-4"),  # white space that DuckDB's \s misses
+        track("\x85Newsletter Subscribed", "u-5", messageId="c-5"),
     ])
     build(logs, warehouse, write_seeds(tmp_path / "seeds"), ["2025-01-14"])
     assert query(warehouse, "select message_id, goal from fct_conversions order by 1") == [
         ("c-1", "Newsletter Subscribed"), ("c-2", "Signed up for a trial"),
+        ("c-4", "Newsletter Subscribed"), ("c-5", "Newsletter Subscribed"),
     ]
 
 
@@ -482,9 +485,12 @@ GOOD_RATE = ("EUR", "2025-01-14", "1.1")
     ([GOOD_RATE, ("gbp", "2025-01-14", "1.2")], GOALS, "the row gbp,2025-01-14,1.2 has a currency code not in upper case"),
     ([GOOD_RATE, ("EUR", "2025-01-14", "1.2")], GOALS, "gives a second rate for one currency and date"),
     ([GOOD_RATE], [*GOALS, ("newsletter subscribed ", 100)], "repeats a goal name (ignoring case and spaces)"),
+    # Matched alike, so each of its conversions would count twice.
+    ([GOOD_RATE], [*GOALS, ('"Newsletter Subscribed\t"', 100)], "repeats a goal name (ignoring case and spaces)"),
+    ([GOOD_RATE], [('"\t"', 100)], "has an empty cell"),
     ([GOOD_RATE], [("Trial", -5)], "the row Trial,-5 has a negative default value"),
 ], ids=["not a number", "past 14 decimals", "empty rate", "zero rate", "lower-case code", "second rate", "repeated goal",
-        "negative default"])
+        "repeated goal with a tab", "blank goal", "negative default"])
 def test_a_seed_row_that_would_skew_the_models_is_a_one_line_model_error_naming_it(logs, warehouse, tmp_path, rates, goals, said):
     # DuckDB would round the 15 decimals in silence, and the others would pass unnoticed.
     write_log(logs / "2025-01-15" / "a.ndjson", [order("o-1", "u-1", "2025-01-14T08:00:00Z", 1, "EUR")])
