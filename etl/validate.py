@@ -611,15 +611,16 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
 
     may_have_long_array = line.count(b",") >= MAX_ARRAY_ITEMS
     for index, item in enumerate(envelope["batch"]):
-        # Only a line over the limit can hold a message over it: measure exactly there alone.
+        # Only a line over the limit can hold a message text over it: measure exactly there alone.
         size = len(item_text(index).encode()) if len(line) > MAX_PAYLOAD_BYTES else 0
         if not isinstance(item, dict):
             result.reject(line_number, index, item_text(index), not_an_object(item, size))
             continue
         message = merge_envelope(item, envelope)
-        if size and message is not item:
+        if message is not item:
             # What is loaded is the merged message: a tiny one that takes a 1 MB envelope
-            # context is over the limit (2,000 of them held 4.3 GB, measured).
+            # context is over the limit (2,000 of them held 4.3 GB, measured), and so can one
+            # from a short line, as compact JSON writes `1e15` as `1000000000000000.0`.
             size = max(size, len(dump_json(message)))
         failures, fields = check_message(message, size, may_have_long_array)
         if fields is None:

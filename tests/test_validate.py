@@ -163,6 +163,15 @@ def test_batch_message_is_measured_with_the_envelope_context_it_takes():
     assert result.accepted_batch_index == [1]  # its own `big` wins, so it takes nothing large
 
 
+def test_batch_message_from_a_short_line_is_measured_as_the_merged_compact_json():
+    # 1,300 context values of `1e15`: 17 KB as written, 35 KB once merged and written compact.
+    context = b",".join(b'"k%04d":1e15' % i for i in range(1_300))
+    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m"}],"context":{' + context + b"}}"
+    assert len(line) < 32_768
+    result = validate(line)
+    assert result.quarantine_reasons == [["payload_too_large"]] and not result.accepted
+
+
 # --- unsupported_type -----------------------------------------------------------------------
 
 
