@@ -20,10 +20,17 @@ from etl.models import SEEDS, SOURCES, load_models, refresh_models
 WRITER_POOL = "warehouse_writer"
 # Not `eager()`: that waits for every upstream partition to exist, and a warehouse of received
 # days always has gaps. Refresh once no load and no refresh is running, if any loaded day changed
-# since the models were last requested or updated: a load that finished while another was still
-# running (or was killed and left STARTED) must not be forgotten.
+# since the models were last requested: a load that finished while another was still running (or
+# was killed and left STARTED) must not be forgotten.
+# Not `any_deps_updated().since_last_handled()`: a refresh ending resets that, and a load ending
+# between the same two ticks was forgotten, though the refresh had not read it. Both sides here
+# carry times (Dagster's and/or drop them), so a load after the last request wins even within one
+# tick; a refresh run by hand (the CLI's) resets nothing, which costs at most one more refresh.
+# Only loads (`tracks`) count: models updating each other in a refresh are not a reason for another.
 AFTER_ANY_LOAD = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+    .allow(dg.AssetSelection.assets(*SOURCES))
+    .since(dg.AutomationCondition.newly_requested())
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 )

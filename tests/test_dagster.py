@@ -351,6 +351,30 @@ def test_models_are_requested_once_after_a_load_that_finished_while_another_was_
     assert requested == [0, 0, 1, 0]
 
 
+def test_a_load_that_finishes_right_after_a_refresh_is_not_forgotten(logs, warehouse):
+    """The refresh ending and the next load ending between two ticks: the refresh (which did not
+    read that load) must not cancel it, nor may a refresh that a user ran by hand."""
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    asset = build_load_asset(received_days(config.logs))
+
+    def load(day):
+        dg.materialize([asset], partition_key=day, resources={"trackhouse": config}, instance=instance, run_config=QUIET)
+
+    def refresh():
+        dg.materialize([sql_models], resources={"trackhouse": config}, instance=instance, run_config=QUIET)
+
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    requested = []
+    for step in (lambda: load("2025-01-14"), lambda: (refresh(), load("2025-01-15")), refresh, lambda: None):
+        step()
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        requested.append(tick.get_num_requested(dg.AssetKey("stg_tracks")))
+    assert requested == [1, 1, 0, 0]
+
+
 def test_an_absurd_revenue_cannot_break_the_model_refresh(logs, warehouse):
     write_log(logs / "2025-01-14" / "a.ndjson", [
         track("Order Completed", messageId="huge", properties={"revenue": 1e20}),
