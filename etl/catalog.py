@@ -222,15 +222,22 @@ def rebuild_catalog(warehouse: Path) -> Path:
     fingerprint = catalog_fingerprint(warehouse, views, written)
     marker = warehouse / FINGERPRINT_FILE
     database = warehouse / DATABASE_FILE
-    if database.exists() and marker.exists() and marker.read_text() == fingerprint:
+    if database.exists() and marker.exists() and marker.read_text() == as_built(fingerprint, database):
         return database
     with rebuilt_database(warehouse) as connection:
         connection.execute("begin")  # one commit, not one per view: 30 % less time for 3,000 events
         create_views(connection, views)
         create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views), written)
         connection.execute("commit")
-    marker.write_text(fingerprint)
+    marker.write_text(as_built(fingerprint, database))
     return database
+
+
+def as_built(fingerprint: str, database: Path) -> str:
+    """The fingerprint with the database file's size and time: a file overwritten, truncated or
+    replaced since it was built (it no longer opened, and stayed so) is rebuilt too."""
+    stat = database.stat()
+    return f"{fingerprint} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def refresh_catalog(warehouse: Path) -> Path:

@@ -418,6 +418,17 @@ def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse)
     assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
 
 
+@pytest.mark.parametrize("damage", [
+    lambda database: database.write_bytes(b"\0" * 7_000 + database.read_bytes()[7_000:]),
+    lambda database: database.write_bytes(b""),
+], ids=["overwritten", "emptied"])
+def test_a_damaged_catalog_is_rebuilt_though_no_table_changed(logs, warehouse, damage):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    damage(warehouse / "warehouse.duckdb")
+    refresh_catalog(warehouse)
+    assert query(warehouse, "select count(*) from a") == [(1,)]
+
+
 def test_an_event_named_like_a_table_never_hides_the_event_whose_name_it_would_take(logs, warehouse):
     load(logs, warehouse, {DAY: [track("Tracks", properties={"a": 1}), track("event_tracks", properties={"b": 2})]})
     assert query(warehouse, "select b from event_tracks") == [(2,)]
