@@ -31,7 +31,7 @@ def partition_check_specs() -> list[dg.AssetCheckSpec]:
 
 def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> list[dg.AssetCheckResult]:
     """The day's checks, read under its day lock: a rerun of the day must not swap files mid-check."""
-    with day_lock(warehouse, day):
+    with day_lock(warehouse, day, reading=True):
         return list(day_check_results(warehouse, day, quarantine_warn_rate))
 
 

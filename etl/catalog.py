@@ -21,7 +21,7 @@ import duckdb
 
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
 from etl.names import is_context_column
-from etl.registry import REGISTRY_FILE, Column, SchemaRegistry
+from etl.registry import Column, read_registry
 from etl.write import writer_lock
 
 DATABASE_FILE = "warehouse.duckdb"
@@ -74,16 +74,6 @@ def parquet_source(folder: Path) -> str | None:
 def table_folders(warehouse: Path) -> dict[str, Path]:
     """View name → Parquet folder, for the base tables that exist in the warehouse."""
     return {name: warehouse / name for name in BASE_VIEWS if (warehouse / name).is_dir()}
-
-
-def registered_columns(warehouse: Path) -> dict[str, list[Column]]:
-    if not (warehouse / REGISTRY_FILE).exists():
-        return {}
-    registry = SchemaRegistry(warehouse)
-    try:
-        return registry.all_events()
-    finally:
-        registry.close()
 
 
 def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -> dict[str, set[str]]:
@@ -176,7 +166,7 @@ def create_event_views(
     folder = warehouse / "events"
     if not written:
         return
-    registry = registered_columns(warehouse)
+    registry = read_registry(warehouse)
     connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
     tables = sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written)
     names = event_view_names([table.name for table in tables], taken)
@@ -203,7 +193,7 @@ def catalog_fingerprint(warehouse: Path, views: dict[str, str], written: dict[st
     state = {
         "views": views,
         "event_columns": {event: sorted(columns) for event, columns in sorted(written.items())},
-        "registry": {event: [(c.name, c.type) for c in columns] for event, columns in sorted(registered_columns(warehouse).items())},
+        "registry": {event: [(c.name, c.type) for c in columns] for event, columns in sorted(read_registry(warehouse).items())},
     }
     return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()
 

@@ -20,7 +20,7 @@ from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_T
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
 from etl.models import model_names, modelled_days
-from etl.registry import MAX_PROPERTY_COLUMNS, SchemaRegistry
+from etl.registry import MAX_PROPERTY_COLUMNS, UnreadableRegistry, read_registry
 from etl.write import partition_dir, read_manifest
 
 DEFAULT_QUARANTINE_WARN_RATE = 0.05
@@ -61,7 +61,8 @@ def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[.
             if is_interrupt(error):
                 raise  # Ctrl-C stops the run: it is no failed check
             first_line = (str(error).strip().splitlines() or [""])[0]  # DuckDB adds the query and a caret
-            remedy = f": {rewrite_advice(*args)}" if args and not isinstance(error, MissingMarts) else ""
+            # These two say what to do themselves: rewriting the day's files would not help.
+            remedy = f": {rewrite_advice(*args)}" if args and not isinstance(error, (MissingMarts, UnreadableRegistry)) else ""
             return CheckOutcome(False, f"{type(error).__name__}: {first_line}{remedy}", {"error": type(error).__name__})
 
     return run
@@ -303,21 +304,18 @@ def discards_point_to_messages(warehouse: Path, day: str) -> CheckOutcome:
 @failing_instead_of_raising
 def registry_matches_parquet(warehouse: Path, day: str) -> CheckOutcome:
     """Each property column written for the day is registered, with a type the registry allows."""
-    registry = SchemaRegistry(warehouse)
+    registry = read_registry(warehouse)
     problems = []
-    try:
-        for event, files in event_partition_files(warehouse, day).items():
-            registered = {c.name: c.type for c in registry.columns(event).values()}
-            for path in files:
-                for name, dtype in parquet_schema(path).items():
-                    if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or is_context_column(name):
-                        continue
-                    kind = registered.get(name)
-                    allowed = {POLARS_TYPES[kind]} | ({pl.Int64()} if kind == "float" else set()) if kind else set()
-                    if dtype not in allowed:
-                        problems.append(f"{event}.{name} is {dtype} in {path.name}, registry says {kind or 'nothing'}")
-    finally:
-        registry.close()
+    for event, files in event_partition_files(warehouse, day).items():
+        registered = {c.name: c.type for c in registry.get(event, [])}
+        for path in files:
+            for name, dtype in parquet_schema(path).items():
+                if name in EVENT_LEADING_COLUMNS or name in EVENT_PROVENANCE_COLUMNS or is_context_column(name):
+                    continue
+                kind = registered.get(name)
+                allowed = {POLARS_TYPES[kind]} | ({pl.Int64()} if kind == "float" else set()) if kind else set()
+                if dtype not in allowed:
+                    problems.append(f"{event}.{name} is {dtype} in {path.name}, registry says {kind or 'nothing'}")
     description = "every property column matches the registry" if not problems else "; ".join(problems[:SHOWN_PROBLEMS])
     return CheckOutcome(not problems, description, {"problems": len(problems)})
 
@@ -373,7 +371,7 @@ def missing_marts_message(warehouse: Path, missing: list[str]) -> str:
 def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
-    with writer_lock(warehouse), duckdb.connect() as connection:
+    with writer_lock(warehouse, reading=True), duckdb.connect() as connection:
         marts = mart_views(warehouse)
         missing = missing_marts(marts)
         if missing:

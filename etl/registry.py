@@ -8,6 +8,8 @@ transaction, so partition runs in parallel processes merge their columns instead
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -60,6 +62,55 @@ def base_column_name(path: tuple[str, ...]) -> str:
     return name
 
 
+class UnreadableRegistry(RuntimeError):
+    """The registry file is there but is no SQLite database of columns (damaged, or another file)."""
+
+    def __init__(self, path: Path, error: sqlite3.DatabaseError) -> None:
+        super().__init__(
+            f"schema registry {path} cannot be read ({error}): restore it from a backup, or move it "
+            "aside and rerun every loaded day in received order (`etl run`) to rebuild it"
+        )
+
+
+def unreadable_is_said(method):
+    """Say which file is damaged and what to do: SQLite's own "file is not a database" named none,
+    and the checks' advice to rerun the day could not help."""
+    def reading(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise
+            raise UnreadableRegistry(self.path, error) from None
+    return reading
+
+
+def read_registry(warehouse: Path) -> dict[str, list[Column]]:
+    """Every event table's columns, for checks and the catalog. Where the warehouse may be written,
+    an ordinary connection reads it (SQLite removes its `-wal` and `-shm` files on closing; a
+    read-only one would leave them behind). An auditor who may only read it gets a read-only
+    connection, or, where SQLite cannot make the `-shm` file such a connection needs, the file
+    as it is, which holds every column once no writer has it open. No registry yet: no columns."""
+    path = warehouse / REGISTRY_FILE
+    if not path.exists():
+        return {}
+    writable = os.access(path, os.W_OK) and os.access(warehouse, os.W_OK)
+    modes = [""] if writable else ["?mode=ro", "?immutable=1"]
+    for mode in modes:
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
+                rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
+            break
+        except sqlite3.DatabaseError as error:
+            cannot_share = isinstance(error, sqlite3.OperationalError) and "readonly" in str(error)
+            if not (cannot_share and mode != modes[-1]):
+                raise UnreadableRegistry(path, error) from None
+    out: dict[str, list[Column]] = {}
+    for event, name, kind, position in rows:
+        out.setdefault(event, []).append(Column(name, kind, position))
+    return out
+
+
 class SchemaRegistry:
     """Column names and types per event table, shared by every run on one warehouse."""
 
@@ -74,6 +125,7 @@ class SchemaRegistry:
         # the column's `widened_on` judges it as int, as a clean run in received order would.
         self.floats_seen: set[tuple[str, str]] = set()
 
+    @unreadable_is_said
     def _create(self) -> None:
         """Switch to WAL and create the table, retrying while another run does the same.
 
@@ -102,6 +154,7 @@ class SchemaRegistry:
     def close(self) -> None:
         self.connection.close()
 
+    @unreadable_is_said
     def _load(self, event: str) -> dict[str, Column]:
         rows = self.connection.execute(
             "select path, name, type, position, widened_on from columns where event = ? order by position", (event,)
@@ -167,9 +220,3 @@ class SchemaRegistry:
         """This load's day, received before the day that widened `column`, widens it too."""
         return column.widened_on is not None and self.loading_day is not None and self.loading_day < column.widened_on
 
-    def all_events(self) -> dict[str, list[Column]]:
-        rows = self.connection.execute("select event, name, type, position from columns order by event, position").fetchall()
-        out: dict[str, list[Column]] = {}
-        for event, name, kind, position in rows:
-            out.setdefault(event, []).append(Column(name, kind, position))
-        return out

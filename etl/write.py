@@ -41,16 +41,28 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
-    """An exclusive lock across processes (flock on `path`), waited for, released on exit; logs
-    `waiting` first when another process holds it, so a run does not look stuck."""
-    with open(path, "a+") as handle:
+def file_lock(path: Path, waiting: str | None = None, shared: bool = False) -> Iterator[None]:
+    """A lock across processes (flock on `path`), waited for, released on exit; logs `waiting`
+    first when another process holds it, so a run does not look stuck.
+
+    A `shared` lock is a reader's: readers hold it together and writers wait for them. It neither
+    creates the file nor needs write access (`etl check` by an auditor who may only read the
+    warehouse); with no file, no writer has run there, so there is nothing to wait for."""
+    try:
+        handle = open(path, "r" if shared else "a+")
+    except FileNotFoundError:
+        if not shared:
+            raise
+        yield
+        return
+    operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
                 log.info(waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, operation)
         try:
             yield
         finally:
@@ -61,20 +73,25 @@ WRITER_LOCK = ".catalog.lock"
 
 
 @contextlib.contextmanager
-def writer_lock(warehouse: Path) -> Iterator[None]:
+def writer_lock(warehouse: Path, reading: bool = False) -> Iterator[None]:
     """One writer at a time of what spans every day: the marts, `warehouse.duckdb`, and the
-    moment a day's folders are swapped, so a model refresh or check reading all days never has a
-    day's files vanish mid-query (flock across processes)."""
-    warehouse.mkdir(parents=True, exist_ok=True)
-    with file_lock(warehouse / WRITER_LOCK):
+    moment a day's folders are swapped, so a model refresh or check (`reading`) reading all days
+    never has a day's files vanish mid-query (flock across processes)."""
+    if not reading:
+        warehouse.mkdir(parents=True, exist_ok=True)
+    with file_lock(warehouse / WRITER_LOCK, shared=reading):
         yield
 
 
-def day_lock(warehouse: Path, day: str) -> contextlib.AbstractContextManager:
-    """One run of a day at a time, and its checks never reading a day another run is swapping."""
+def day_lock(warehouse: Path, day: str, reading: bool = False) -> contextlib.AbstractContextManager:
+    """One run of a day at a time, and its checks (`reading`) never reading a day another run is
+    swapping."""
     staging_root = warehouse / STAGING
-    staging_root.mkdir(parents=True, exist_ok=True)
-    return file_lock(staging_root / f"{day}.lock", waiting=f"{day}: waiting for another run of this day to finish")
+    if not reading:
+        staging_root.mkdir(parents=True, exist_ok=True)
+    return file_lock(
+        staging_root / f"{day}.lock", waiting=f"{day}: waiting for another run of this day to finish", shared=reading,
+    )
 
 
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:

@@ -179,6 +179,38 @@ def test_check_reruns_every_check_on_the_files_as_they_are_and_rewrites_nothing(
     assert {path: path.stat().st_mtime_ns for path in warehouse.rglob("*.parquet")} == before
 
 
+def warehouse_state(warehouse: Path) -> dict[Path, tuple[int, int]]:
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in warehouse.rglob("*") if path.is_file()}
+
+
+def test_check_leaves_no_file_behind_and_changes_none(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(properties={"n": 1})])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    for lock in [warehouse / ".catalog.lock", *(warehouse / ".staging").glob("*.lock")]:
+        lock.unlink()  # as an auditor's copy might lack them
+    before = warehouse_state(warehouse)
+    assert main(["check", "--warehouse", str(warehouse)]) == 0
+    assert warehouse_state(warehouse) == before
+
+
+def test_a_damaged_registry_is_named_with_what_to_do_by_the_load_and_by_the_check(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(properties={"n": 1})])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    registry = warehouse / "_registry.sqlite"
+    registry.write_bytes(b"not a database" * 100)
+    said = (
+        f"schema registry {registry} cannot be read (file is not a database): restore it from a backup, or move it "
+        "aside and rerun every loaded day in received order (`etl run`) to rebuild it"
+    )
+    capsys.readouterr()
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    (failure,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("etl: ")]
+    assert failure.startswith(f"etl: loading 2025-01-14 failed: UnreadableRegistry: {said} (")
+    assert main(["check", "--warehouse", str(warehouse)]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("check registry_matches_parquet")]
+    assert failed == [f"check registry_matches_parquet (event_tables, 2025-01-14) failed, ERROR: UnreadableRegistry: {said}"]
+
+
 def test_check_fails_a_loaded_day_whose_manifest_was_lost_saying_to_rerun_it(logs, warehouse, capsys):
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0

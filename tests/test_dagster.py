@@ -290,7 +290,7 @@ def test_readers_of_the_marts_wait_for_a_refresh_in_progress(logs, warehouse, mo
     steps, settled, flock = [], threading.Event(), fcntl.flock
 
     def flock_noting_waits(fd, operation):
-        if operation == fcntl.LOCK_EX:
+        if operation in (fcntl.LOCK_EX, fcntl.LOCK_SH):
             try:
                 return flock(fd, operation | fcntl.LOCK_NB)
             except BlockingIOError:

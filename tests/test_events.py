@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import multiprocessing
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from etl import checks, registry, write
 from etl.catalog import refresh_catalog
 from etl.names import event_table_name, snake_case
 from etl.pipeline import load_day
-from etl.registry import SchemaRegistry
+from etl.registry import Column, SchemaRegistry, read_registry
 from etl.write import partition_dir
 
 DAY = "2025-01-15"
@@ -395,6 +396,24 @@ def open_registry_at(args: tuple[str, float]) -> bool:
         pass
     SchemaRegistry(Path(warehouse)).close()
     return True
+
+
+@pytest.mark.parametrize("shm_possible", [True, False], ids=["read-only connection", "file as it is"])
+def test_the_registry_is_read_where_the_warehouse_may_only_be_read(logs, warehouse, monkeypatch, shm_possible):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1, "s": "x"})]})
+    monkeypatch.setattr(os, "access", lambda *_: False)  # an auditor without write access
+    connect = sqlite3.connect
+
+    def as_for_a_reader(database, *args, **kwargs):
+        """What SQLite does where the user may not write the warehouse folder."""
+        if "?" not in str(database):
+            raise sqlite3.OperationalError("unable to open database file")
+        if str(database).endswith("?mode=ro") and not shm_possible:  # it cannot make the -shm file it needs
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", as_for_a_reader)
+    assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("s", "string", 1)]}
 
 
 def test_runs_starting_together_on_a_new_warehouse_all_open_the_registry(tmp_path):
