@@ -163,13 +163,20 @@ def test_batch_message_is_measured_with_the_envelope_context_it_takes():
     assert result.accepted_batch_index == [1]  # its own `big` wins, so it takes nothing large
 
 
-def test_batch_message_from_a_short_line_is_measured_as_the_merged_compact_json():
-    # 1,300 context values of `1e15`: 17 KB as written, 35 KB once merged and written compact.
-    context = b",".join(b'"k%04d":1e15' % i for i in range(1_300))
-    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m"}],"context":{' + context + b"}}"
+BIG_CONTEXT = b"{" + b",".join(b'"k%04d":1e15' % i for i in range(1_300)) + b"}"  # 17 KB as sent, 35 KB compact
+
+
+def test_what_a_batch_message_takes_from_a_short_envelope_counts_as_compact_json():
+    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m"}],"context":' + BIG_CONTEXT + b"}"
     assert len(line) < 32_768
     result = validate(line)
     assert result.quarantine_reasons == [["payload_too_large"]] and not result.accepted
+
+
+@pytest.mark.parametrize("envelope_keys", [b"", b',"sentAt":"2025-01-15T10:00:00Z"'], ids=["takes nothing", "takes sentAt"])
+def test_a_batch_messages_own_text_counts_as_sent_whatever_it_takes(envelope_keys):
+    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m","context":' + BIG_CONTEXT + b"}]" + envelope_keys + b"}"
+    assert validate(line).accepted_batch_index == [0]
 
 
 # --- unsupported_type -----------------------------------------------------------------------
