@@ -12,6 +12,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,48 +64,49 @@ def base_column_name(path: tuple[str, ...]) -> str:
 
 
 class UnreadableRegistry(RuntimeError):
-    """The registry file is there but is no SQLite database of columns (damaged, or another file)."""
+    """The registry cannot be read as it is; the message names the file and what to do."""
 
-    def __init__(self, path: Path, error: sqlite3.DatabaseError) -> None:
-        super().__init__(
+
+@contextlib.contextmanager
+def damage_said(path: Path) -> Iterator[None]:
+    """Name a damaged registry and what to do about it: SQLite's "file is not a database" named
+    no file, and the checks' advice to rerun the day could not help. Any other error (locked,
+    no permission, out of file handles) passes as it is: the file may be sound."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise
+        raise UnreadableRegistry(
             f"schema registry {path} cannot be read ({error}): restore it from a backup, or move it "
             "aside and rerun every loaded day in received order (`etl run`) to rebuild it"
-        )
-
-
-def unreadable_is_said(method):
-    """Say which file is damaged and what to do: SQLite's own "file is not a database" named none,
-    and the checks' advice to rerun the day could not help."""
-    def reading(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as error:
-            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-                raise
-            raise UnreadableRegistry(self.path, error) from None
-    return reading
+        ) from None
 
 
 def read_registry(warehouse: Path) -> dict[str, list[Column]]:
-    """Every event table's columns, for checks and the catalog. Where the warehouse may be written,
-    an ordinary connection reads it (SQLite removes its `-wal` and `-shm` files on closing; a
-    read-only one would leave them behind). An auditor who may only read it gets a read-only
-    connection, or, where SQLite cannot make the `-shm` file such a connection needs, the file
-    as it is, which holds every column once no writer has it open. No registry yet: no columns."""
+    """Every event table's columns, for checks and the catalog, leaving no file behind. Where the
+    warehouse may be written, an ordinary connection reads it (SQLite removes its `-wal` and
+    `-shm` files on closing). A reader who may not write the registry reads the file as it is,
+    exact when no `-wal` holds commits not yet folded in; with a writer's `-wal` and `-shm` there,
+    a read-only connection reads both. It must not make them itself: owned by the reader, they
+    would fail every later write. No registry yet: no columns."""
     path = warehouse / REGISTRY_FILE
     if not path.exists():
         return {}
-    writable = os.access(path, os.W_OK) and os.access(warehouse, os.W_OK)
-    modes = [""] if writable else ["?mode=ro", "?immutable=1"]
-    for mode in modes:
-        try:
-            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
-                rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
-            break
-        except sqlite3.DatabaseError as error:
-            cannot_share = isinstance(error, sqlite3.OperationalError) and "readonly" in str(error)
-            if not (cannot_share and mode != modes[-1]):
-                raise UnreadableRegistry(path, error) from None
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if os.access(path, os.W_OK) and os.access(warehouse, os.W_OK):
+        mode = ""
+    elif not wal.exists():
+        mode = "?immutable=1"
+    elif shm.exists():
+        mode = "?mode=ro"
+    else:
+        raise UnreadableRegistry(
+            f"schema registry {path} has a write-ahead log ({wal.name}) that a writer left open, which only "
+            "a user who may write the warehouse can fold in: rerun as such a user (any etl command does it)"
+        )
+    with damage_said(path), contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
+        rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
     out: dict[str, list[Column]] = {}
     for event, name, kind, position in rows:
         out.setdefault(event, []).append(Column(name, kind, position))
@@ -118,14 +120,14 @@ class SchemaRegistry:
         warehouse.mkdir(parents=True, exist_ok=True)
         self.path = warehouse / REGISTRY_FILE
         self.connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
-        self._create()
+        with damage_said(self.path):
+            self._create()
         self.cache: dict[str, dict[str, Column]] = {}
         self.loading_day = loading_day
         # (event, path key) of the columns this load has seen a float for: until then, a day up to
         # the column's `widened_on` judges it as int, as a clean run in received order would.
         self.floats_seen: set[tuple[str, str]] = set()
 
-    @unreadable_is_said
     def _create(self) -> None:
         """Switch to WAL and create the table, retrying while another run does the same.
 
@@ -154,7 +156,6 @@ class SchemaRegistry:
     def close(self) -> None:
         self.connection.close()
 
-    @unreadable_is_said
     def _load(self, event: str) -> dict[str, Column]:
         rows = self.connection.execute(
             "select path, name, type, position, widened_on from columns where event = ? order by position", (event,)
@@ -164,7 +165,8 @@ class SchemaRegistry:
     def columns(self, event: str) -> dict[str, Column]:
         """Property path key → column, in registry order (cached; refreshed on every register)."""
         if event not in self.cache:
-            self.cache[event] = self._load(event)
+            with damage_said(self.path):
+                self.cache[event] = self._load(event)
         return self.cache[event]
 
     def register(self, event: str, proposals: dict[str, tuple[tuple[str, ...], str]]) -> dict[str, Column]:

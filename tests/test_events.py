@@ -398,22 +398,43 @@ def open_registry_at(args: tuple[str, float]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("shm_possible", [True, False], ids=["read-only connection", "file as it is"])
-def test_the_registry_is_read_where_the_warehouse_may_only_be_read(logs, warehouse, monkeypatch, shm_possible):
-    load(logs, warehouse, {DAY: [track("A", properties={"n": 1, "s": "x"})]})
-    monkeypatch.setattr(os, "access", lambda *_: False)  # an auditor without write access
+def reading_as_an_auditor(monkeypatch, modes_that_open: tuple[str, ...]) -> None:
+    """As for a user who may not write the warehouse: `os.access` says no, and SQLite opens only
+    `modes_that_open` (a plain connection needs to write; a read-only one, to find or make `-shm`)."""
+    monkeypatch.setattr(os, "access", lambda *_: False)
     connect = sqlite3.connect
 
     def as_for_a_reader(database, *args, **kwargs):
-        """What SQLite does where the user may not write the warehouse folder."""
-        if "?" not in str(database):
+        if not str(database).endswith(modes_that_open):
             raise sqlite3.OperationalError("unable to open database file")
-        if str(database).endswith("?mode=ro") and not shm_possible:  # it cannot make the -shm file it needs
-            raise sqlite3.OperationalError("attempt to write a readonly database")
         return connect(database, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", as_for_a_reader)
+
+
+def test_an_auditor_reads_a_registry_no_writer_has_open_as_the_file_it_is(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1, "s": "x"})]})
+    reading_as_an_auditor(monkeypatch, ("?immutable=1",))
     assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("s", "string", 1)]}
+
+
+def test_an_auditor_reads_the_columns_a_running_writer_has_only_in_its_wal(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    writer = SchemaRegistry(warehouse, loading_day=DAY)  # a load in progress: -wal and -shm exist
+    writer.register("a", {"t": (("t",), "bool")})
+    reading_as_an_auditor(monkeypatch, ("?mode=ro",))
+    try:
+        assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("t", "bool", 1)]}
+    finally:
+        writer.close()
+
+
+def test_an_auditor_is_told_who_can_read_a_wal_a_killed_writer_left(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    (warehouse / "_registry.sqlite-wal").write_bytes(b"")  # its -shm gone: a read-only reader would have to make one
+    reading_as_an_auditor(monkeypatch, ())
+    with pytest.raises(registry.UnreadableRegistry, match="only a user who may write the warehouse can fold in"):
+        read_registry(warehouse)
 
 
 def test_runs_starting_together_on_a_new_warehouse_all_open_the_registry(tmp_path):
