@@ -47,12 +47,15 @@ def file_lock(path: Path, waiting: str | None = None, shared: bool = False) -> I
 
     A `shared` lock is a reader's: readers hold it together and writers wait for them. It neither
     creates the file nor needs write access (`etl check` by an auditor who may only read the
-    warehouse); with no file, no writer has run there, so there is nothing to wait for."""
+    warehouse); with no file, no writer has run there, so there is nothing to wait for (a writer
+    starting at that very moment on a warehouse without lock files is not waited for)."""
     try:
         handle = open(path, "r" if shared else "a+")
     except FileNotFoundError:
         if not shared:
             raise
+        handle = None
+    if handle is None:  # yielded outside the `except`: an error in the block is not "during" this one
         yield
         return
     operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -75,8 +78,8 @@ WRITER_LOCK = ".catalog.lock"
 @contextlib.contextmanager
 def writer_lock(warehouse: Path, reading: bool = False) -> Iterator[None]:
     """One writer at a time of what spans every day: the marts, `warehouse.duckdb`, and the
-    moment a day's folders are swapped, so a model refresh or check (`reading`) reading all days
-    never has a day's files vanish mid-query (flock across processes)."""
+    moment a day's folders are swapped, so a model refresh, or a check (which takes it `reading`),
+    reading all days never has a day's files vanish mid-query (flock across processes)."""
     if not reading:
         warehouse.mkdir(parents=True, exist_ok=True)
     with file_lock(warehouse / WRITER_LOCK, shared=reading):

@@ -33,7 +33,7 @@ from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day, pre
 from etl.read import read_chunks
 from etl.validate import ValidatedChunk
 from etl import write
-from etl.write import WRITER_LOCK, PartitionWriter, partition_dir
+from etl.write import WRITER_LOCK, PartitionWriter, file_lock, partition_dir
 
 DAY = "2025-01-15"
 UTC = dt.UTC
@@ -463,6 +463,12 @@ def test_warehouse_duckdb_answers_from_any_working_directory(logs, warehouse, tm
     monkeypatch.chdir(elsewhere)
     assert query(warehouse, "select count(*), min(received_date) from tracks") == [(2, dt.date(2025, 1, 15))]
     assert query(warehouse, "select count(*) from quarantine") == [(0,)]
+
+
+def test_an_error_under_a_readers_lock_without_a_lock_file_is_not_chained_to_the_missing_file(tmp_path):
+    with pytest.raises(ValueError) as caught, file_lock(tmp_path / "never-written.lock", shared=True):
+        raise ValueError("the reader's own failure")
+    assert caught.value.__context__ is None
 
 
 def test_readers_keep_the_last_complete_catalog_while_it_is_rebuilt(logs, warehouse):
