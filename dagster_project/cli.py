@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -247,16 +248,35 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
     return reported_failures(result.get_asset_check_evaluations(), day)
 
 
-def reported_failures(evaluations: list, day: str | None) -> list[str]:
-    """Name each failed check on stderr; return the ERROR ones (Dagster's check evaluations or results)."""
+def reported_failures(evaluations: list, day: str | None, said: dict[tuple[str, str], list[str]] | None = None) -> list[str]:
+    """Name each failed check on stderr; return the ERROR ones (Dagster's check evaluations or results).
+
+    With `said` (shared by the days of one `etl check`), a check that already failed in the same
+    words on an earlier day is not named again: its days pile up in `said` for `repeated_failures`
+    to list once (a damaged registry fails every day's check alike)."""
     errors = []
     for check in evaluations:
         if not check.passed:
             name = f"{check.check_name} ({check.asset_key.to_user_string()}{', ' + day if day else ''})"
-            print(f"check {name} failed, {check.severity.value}: {check.description}", file=sys.stderr)
+            days = said.setdefault((check.check_name, check.description), []) if said is not None else []
+            if not days:
+                print(f"check {name} failed, {check.severity.value}: {check.description}", file=sys.stderr)
+            days.append(day)
             if check.severity == dg.AssetCheckSeverity.ERROR:
                 errors.append(name)
     return errors
+
+
+SHOWN_DAYS = 5
+
+
+def repeated_failures(said: dict[tuple[str, str], list[str]]) -> Iterator[str]:
+    """One line per check that failed the same way on more days than the one it was named for."""
+    for (check_name, _), days in said.items():
+        if len(days) > 1:
+            more = days[1:]
+            listed = ", ".join(more[:SHOWN_DAYS]) + (f" and {len(more) - SHOWN_DAYS} more" if len(more) > SHOWN_DAYS else "")
+            yield f"check {check_name} failed the same way on {len(more)} more day(s): {listed}"
 
 
 def failed_checks_error(errors: list[str]) -> RuntimeError:
@@ -321,12 +341,14 @@ def check(args: argparse.Namespace) -> int:
         loaded, args.date, args.start, args.end,
         f"{args.date} is not loaded under {config.warehouse}", "loaded days", config.warehouse,
     )
-    checked, errors = 0, []
+    checked, errors, said = 0, [], {}
     try:
         for day in days:
             results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
-            errors += reported_failures(results, day)
+            errors += reported_failures(results, day, said)
             checked += len(results)
+        for line in repeated_failures(said):
+            print(line, file=sys.stderr)
         missing = missing_marts(mart_views(config.warehouse))
         if missing:  # said once, not by each model check
             print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)

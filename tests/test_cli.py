@@ -18,7 +18,7 @@ from conftest import query, track, write_log
 
 from dagster_project import assets, launch
 from dagster_project.assets import counts_table
-from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main
+from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main, repeated_failures
 from etl import checks
 from etl.models import model_names
 from etl.pipeline import DaySummary, MissingLogs
@@ -193,8 +193,9 @@ def test_check_leaves_no_file_behind_and_changes_none(logs, warehouse, capsys):
     assert warehouse_state(warehouse) == before
 
 
-def test_a_damaged_registry_is_named_with_what_to_do_by_the_load_and_by_the_check(logs, warehouse, capsys):
-    write_log(logs / "2025-01-14" / "a.ndjson", [track(properties={"n": 1})])
+def test_a_damaged_registry_is_named_with_what_to_do_by_the_load_and_once_by_the_check(logs, warehouse, capsys):
+    for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track(properties={"n": 1})])
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
     registry = warehouse / "_registry.sqlite"
     registry.write_bytes(b"not a database" * 100)
@@ -203,12 +204,22 @@ def test_a_damaged_registry_is_named_with_what_to_do_by_the_load_and_by_the_chec
         "aside and rerun every loaded day in received order (`etl run`) to rebuild it"
     )
     capsys.readouterr()
-    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    assert run("--logs", str(logs), "--warehouse", str(warehouse), "--date", "2025-01-14") == 1
     (failure,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("etl: ")]
     assert failure.startswith(f"etl: loading 2025-01-14 failed: UnreadableRegistry: {said} (")
     assert main(["check", "--warehouse", str(warehouse)]) == 1
     failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("check registry_matches_parquet")]
-    assert failed == [f"check registry_matches_parquet (event_tables, 2025-01-14) failed, ERROR: UnreadableRegistry: {said}"]
+    assert failed == [
+        f"check registry_matches_parquet (event_tables, 2025-01-13) failed, ERROR: UnreadableRegistry: {said}",
+        "check registry_matches_parquet failed the same way on 2 more day(s): 2025-01-14, 2025-01-15",
+    ]
+
+
+def test_a_failure_repeated_on_many_days_lists_five_of_them_and_counts_the_rest():
+    said = {("conservation", "the same words"): [f"2025-01-{d:02d}" for d in range(1, 9)], ("unique_message_id", "once"): ["2025-01-01"]}
+    assert list(repeated_failures(said)) == [
+        "check conservation failed the same way on 7 more day(s): 2025-01-02, 2025-01-03, 2025-01-04, 2025-01-05, 2025-01-06 and 2 more",
+    ]
 
 
 def test_check_fails_a_loaded_day_whose_manifest_was_lost_saying_to_rerun_it(logs, warehouse, capsys):
