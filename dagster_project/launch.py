@@ -2,10 +2,12 @@
 
 Importing Dagster takes about a second; a Ctrl-C during it printed a traceback of Python's
 import machinery. Caught here, it ends like an interrupt at any later moment: one line, 130.
+A project that cannot load (no SQL models where they should be) is said in one line too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 STARTUP_INTERRUPTED = "etl: interrupted while starting, before anything was read or written: rerun the command"
@@ -17,4 +19,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print(STARTUP_INTERRUPTED, file=sys.stderr)
         return 130
+    except Exception as error:
+        if os.environ.get("TRACKHOUSE_DEBUG"):
+            raise
+        print(f"etl: cannot start: {type(error).__name__}: {error} (rerun with TRACKHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return run()

@@ -100,6 +100,13 @@ def model_names(sql_dir: Path = SQL_DIR) -> list[str]:
 
 
 def load_models(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
+    if not any(sql_dir.glob("*.sql")):
+        # `pip install .` copies etl/ and dagster_project/ but not sql/: say so, rather than
+        # let Dagster fail later on an asset key no model defined.
+        raise ModelError(
+            f"no SQL models (*.sql) in {sql_dir}: trackhouse reads them from its checkout, so install it "
+            "editable there (`make install`, or `pip install -e .`)"
+        )
     return {name: parse_model(sql_dir / f"{name}.sql") for name in model_names(sql_dir)}
 
 

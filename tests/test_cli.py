@@ -20,7 +20,7 @@ from dagster_project import assets, launch
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main, repeated_failures
 from etl import checks
-from etl.models import model_names
+from etl.models import ModelError, model_names
 from etl.pipeline import DaySummary, MissingLogs
 
 
@@ -272,24 +272,29 @@ def test_check_interrupted_exits_130_saying_nothing_was_written(logs, warehouse,
     assert one_line_error(capsys) == "etl: interrupted while checking: checks write nothing, so rerun `etl check` to check again"
 
 
-class InterruptedImport:
-    """A module finder that raises Ctrl-C's exception when `name` is imported, as a Ctrl-C while
-    Python imports Dagster (the `etl` command's first second) does."""
+class FailingImport:
+    """A module finder that raises `error` when `name` is imported: a Ctrl-C while Python imports
+    Dagster (the `etl` command's first second), or a project that cannot load."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, error: BaseException) -> None:
+        self.name, self.error = name, error
 
     def find_spec(self, fullname, path, target=None):
         if fullname == self.name:
-            raise KeyboardInterrupt
+            raise self.error
         return None
 
 
-def test_an_interrupt_while_the_command_starts_exits_130_with_one_line(capsys, monkeypatch):
+@pytest.mark.parametrize(("error", "status", "said"), [
+    (KeyboardInterrupt(), 130, "etl: interrupted while starting, before anything was read or written: rerun the command"),
+    (ModelError("no SQL models (*.sql) in /x/sql: install it editable"), 1,
+     "etl: cannot start: ModelError: no SQL models (*.sql) in /x/sql: install it editable (rerun with TRACKHOUSE_DEBUG=1 for the traceback)"),
+], ids=["Ctrl-C", "no models"])
+def test_the_command_failing_to_start_says_so_in_one_line(capsys, monkeypatch, error, status, said):
     monkeypatch.delitem(sys.modules, "dagster_project.cli")
-    monkeypatch.setattr(sys, "meta_path", [InterruptedImport("dagster_project.cli"), *sys.meta_path])
-    assert launch.main() == 130
-    assert one_line_error(capsys) == "etl: interrupted while starting, before anything was read or written: rerun the command"
+    monkeypatch.setattr(sys, "meta_path", [FailingImport("dagster_project.cli", error), *sys.meta_path])
+    assert launch.main() == status
+    assert one_line_error(capsys) == said
 
 
 def test_the_etl_command_runs_the_cli_through_the_launcher():

@@ -454,6 +454,11 @@ def test_the_dependency_graph_is_read_from_the_sql(tmp_path):
     assert small_order.index("a") < small_order.index("c")
 
 
+def test_a_missing_models_folder_is_a_model_error_saying_to_install_from_the_checkout(tmp_path):
+    with pytest.raises(ModelError, match=r"no SQL models \(\*\.sql\) in .*: .*install it editable there"):
+        load_models(tmp_path / "site-packages" / "sql")
+
+
 def test_a_model_reading_an_unknown_table_is_a_model_error_naming_it(tmp_path):
     sql = tmp_path / "sql"
     sql.mkdir()
