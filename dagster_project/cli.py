@@ -16,6 +16,7 @@ import polars as pl
 
 from dagster_project.assets import build_load_asset, largest_counts
 from dagster_project.checks import partition_check_results
+from dagster_project.launch import said_unexpected
 from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
@@ -401,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"etl: {error}", file=sys.stderr)
         return 1
     except Exception as error:
-        if os.environ.get("TRACKHOUSE_DEBUG"):
-            raise
-        print(f"etl: unexpected {type(error).__name__}: {error} (rerun with TRACKHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return said_unexpected(error, "unexpected")
 
 
 if __name__ == "__main__":

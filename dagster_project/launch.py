@@ -20,8 +20,13 @@ def main() -> int:
         print(STARTUP_INTERRUPTED, file=sys.stderr)
         return 130
     except Exception as error:
-        if os.environ.get("TRACKHOUSE_DEBUG"):
-            raise
-        print(f"etl: cannot start: {type(error).__name__}: {error} (rerun with TRACKHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return said_unexpected(error, "cannot start:")
     return run()
+
+
+def said_unexpected(error: Exception, what: str) -> int:
+    """An error no message was written for, in one line (its traceback with TRACKHOUSE_DEBUG=1): status 1."""
+    if os.environ.get("TRACKHOUSE_DEBUG"):
+        raise error
+    print(f"etl: {what} {type(error).__name__}: {error} (rerun with TRACKHOUSE_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
