@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
-from dagster_project import assets, launch
+from dagster_project import assets, cli, launch
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main, repeated_failures
 from etl import checks
@@ -295,6 +295,20 @@ def test_the_command_failing_to_start_says_so_in_one_line(capsys, monkeypatch, e
     monkeypatch.setattr(sys, "meta_path", [FailingImport("dagster_project.cli", error), *sys.meta_path])
     assert launch.main() == status
     assert one_line_error(capsys) == said
+
+
+def test_an_unplanned_error_is_one_line_and_its_traceback_only_on_request(capsys, monkeypatch):
+    def broken(args):
+        raise ValueError("something no message was written for")
+
+    monkeypatch.setitem(cli.COMMANDS, "check", broken)
+    assert main(["check"]) == 1
+    assert one_line_error(capsys) == (
+        "etl: unexpected ValueError: something no message was written for (rerun with TRACKHOUSE_DEBUG=1 for the traceback)"
+    )
+    monkeypatch.setenv("TRACKHOUSE_DEBUG", "1")
+    with pytest.raises(ValueError):
+        main(["check"])
 
 
 def test_the_etl_command_runs_the_cli_through_the_launcher():
