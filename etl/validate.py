@@ -581,19 +581,22 @@ def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
     return [("not_an_object", f"Expected a JSON object, got {json_type_name(value)}"), *size_failures(size)]
 
 
-def merge_envelope(message: dict, envelope: dict) -> dict:
+def merge_envelope(message: dict, envelope: dict) -> tuple[dict, dict]:
     """A batch message takes the envelope's sentAt and top-level context keys it lacks itself;
-    a key it has as null lacks it too (null counts as absent, as for `sentAt`)."""
+    a key it has as null lacks it too (null counts as absent, as for `sentAt`). Returns the merged
+    message (`message` itself when it takes nothing) and what it took, which its payload counts."""
     sent_at = envelope.get("sentAt")
     shared_context = envelope.get("context")
-    merged = message
+    merged, taken = message, {}
     if sent_at is not None and message.get("sentAt") is None:
         merged = {**merged, "sentAt": sent_at}
+        taken["sentAt"] = sent_at
     own_context = message.get("context")
     if isinstance(shared_context, dict) and shared_context and (own_context is None or isinstance(own_context, dict)):
         own = {key: value for key, value in (own_context or {}).items() if value is not None}
         merged = {**merged, "context": {**shared_context, **own}}
-    return merged
+        taken["context"] = {key: value for key, value in shared_context.items() if key not in own}
+    return merged, taken
 
 
 def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, envelope: dict) -> None:
@@ -616,16 +619,16 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
         if not isinstance(item, dict):
             result.reject(line_number, index, item_text(index), not_an_object(item, size))
             continue
-        message = merge_envelope(item, envelope)
-        if message is not item:
+        message, taken = merge_envelope(item, envelope)
+        if taken:
             # What is loaded is the message with the envelope keys it takes: a tiny one that takes
             # a 1 MB envelope context is over the limit (2,000 of them held 4.3 GB, measured).
             # Those keys count as compact JSON, its own text as sent, so that taking a `sentAt`
             # never changes how the rest is counted (compact JSON writes `1e15` as
             # `1000000000000000.0`).
-            taken = max(0, len(dump_json(message)) - len(dump_json(item)))
-            if len(line) + taken > MAX_PAYLOAD_BYTES:  # else its text and what it takes fit for sure
-                size = len(item_text(index).encode()) + taken
+            taken_size = len(dump_json(taken))
+            if len(line) + taken_size > MAX_PAYLOAD_BYTES:  # else its text and what it takes fit for sure
+                size = len(item_text(index).encode()) + taken_size
         failures, fields = check_message(message, size, may_have_long_array)
         if fields is None:
             result.reject(line_number, index, item_text(index), failures, identity(item.get("messageId")))

@@ -173,9 +173,26 @@ def test_what_a_batch_message_takes_from_a_short_envelope_counts_as_compact_json
     assert result.quarantine_reasons == [["payload_too_large"]] and not result.accepted
 
 
-@pytest.mark.parametrize("envelope_keys", [b"", b',"sentAt":"2025-01-15T10:00:00Z"'], ids=["takes nothing", "takes sentAt"])
-def test_a_batch_messages_own_text_counts_as_sent_whatever_it_takes(envelope_keys):
-    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m","context":' + BIG_CONTEXT + b"}]" + envelope_keys + b"}"
+def test_a_batch_messages_own_nulls_count_as_sent_though_the_merge_drops_them():
+    own_context = b"{" + b",".join(b'"n%04d":null' % i for i in range(1_500)) + b"}"  # 19.5 KB
+    shared = b"{" + b",".join(b'"e%04d":"xxxx"' % i for i in range(1_000)) + b"}"  # 15 KB
+    line = b'{"batch":[{"event":"e","userId":"u","messageId":"m","context":' + own_context + b'}],"context":' + shared + b"}"
+    assert validate(line).quarantine_reasons == [["payload_too_large"]]
+
+
+@pytest.mark.parametrize("envelope_keys", [
+    b"",
+    b',"sentAt":"2025-01-15T10:00:00Z"',
+    b',"context":{"big":123456789012345678901234}',  # compact JSON by the standard library, not orjson
+], ids=["takes nothing", "takes sentAt", "takes a key only the standard library writes"])
+@pytest.mark.parametrize("own_context", [
+    BIG_CONTEXT,
+    b"{" + b",".join(b'"k%04d":1e-7' % i for i in range(2_400)) + b"}",  # 1e-07 to the standard library
+], ids=["1e15", "1e-7"])
+def test_a_batch_messages_own_text_counts_as_sent_whatever_it_takes(envelope_keys, own_context):
+    message = b'{"event":"e","userId":"u","messageId":"m","context":' + own_context + b"}"
+    assert len(message) + len(envelope_keys) < 32_768
+    line = b'{"batch":[' + message + b"]" + envelope_keys + b"}"
     assert validate(line).accepted_batch_index == [0]
 
 
