@@ -75,7 +75,7 @@ def damage_said(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.DatabaseError as error:
-        if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        if (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
             raise
         raise UnreadableRegistry(
             f"schema registry {path} cannot be read ({error}): restore it from a backup, or move it "
