@@ -344,12 +344,14 @@ def check(args: argparse.Namespace) -> int:
     )
     checked, errors, said = 0, [], {}
     try:
-        for day in days:
-            results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
-            errors += reported_failures(results, day, said)
-            checked += len(results)
-        for line in repeated_failures(said):
-            print(line, file=sys.stderr)
+        try:
+            for day in days:
+                results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
+                errors += reported_failures(results, day, said)
+                checked += len(results)
+        finally:  # an interrupt on a later day still lists the days an earlier failure repeated on
+            for line in repeated_failures(said):
+                print(line, file=sys.stderr)
         missing = missing_marts(mart_views(config.warehouse))
         if missing:  # said once, not by each model check
             print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)

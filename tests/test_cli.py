@@ -215,6 +215,22 @@ def test_a_damaged_registry_is_named_with_what_to_do_by_the_load_and_once_by_the
     ]
 
 
+def test_an_interrupted_check_still_lists_the_days_an_earlier_failure_repeated_on(logs, warehouse, capsys, monkeypatch):
+    for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    capsys.readouterr()
+
+    def lost_then_interrupted(warehouse, day):
+        if day == "2025-01-15":
+            raise KeyboardInterrupt
+        return checks.CheckOutcome(False, "rows lost", {})
+
+    monkeypatch.setattr(checks, "conservation", lost_then_interrupted)
+    assert main(["check", "--warehouse", str(warehouse)]) == 130
+    assert "check conservation failed the same way on 1 more day(s): 2025-01-14" in capsys.readouterr().err.splitlines()
+
+
 def test_a_failure_repeated_on_many_days_lists_five_of_them_and_counts_the_rest():
     said = {("conservation", "the same words"): [f"2025-01-{d:02d}" for d in range(1, 9)], ("unique_message_id", "once"): ["2025-01-01"]}
     assert list(repeated_failures(said)) == [
@@ -291,6 +307,7 @@ class FailingImport:
      "etl: cannot start: ModelError: no SQL models (*.sql) in /x/sql: install it editable (rerun with TRACKHOUSE_DEBUG=1 for the traceback)"),
 ], ids=["Ctrl-C", "no models"])
 def test_the_command_failing_to_start_says_so_in_one_line(capsys, monkeypatch, error, status, said):
+    monkeypatch.delenv("TRACKHOUSE_DEBUG", raising=False)
     monkeypatch.delitem(sys.modules, "dagster_project.cli")
     monkeypatch.setattr(sys, "meta_path", [FailingImport("dagster_project.cli", error), *sys.meta_path])
     assert launch.main() == status
@@ -302,6 +319,7 @@ def test_an_unplanned_error_is_one_line_and_its_traceback_only_on_request(capsys
         raise ValueError("something no message was written for")
 
     monkeypatch.setitem(cli.COMMANDS, "check", broken)
+    monkeypatch.delenv("TRACKHOUSE_DEBUG", raising=False)
     assert main(["check"]) == 1
     assert one_line_error(capsys) == (
         "etl: unexpected ValueError: something no message was written for (rerun with TRACKHOUSE_DEBUG=1 for the traceback)"
