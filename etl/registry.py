@@ -89,9 +89,9 @@ def read_registry(warehouse: Path) -> dict[str, list[Column]]:
     `-shm` files on closing). A reader who may not write the registry reads the file as it is,
     exact when no `-wal` holds commits not yet folded in; with a writer's `-wal` and `-shm` there,
     a read-only connection reads both. It must not make them itself: owned by the reader, they
-    would fail every later write. No registry yet: no columns."""
+    would fail every later write. No registry yet (no file, or an empty one): no columns."""
     path = warehouse / REGISTRY_FILE
-    if not path.exists():
+    if not path.exists() or not path.stat().st_size:  # an emptied file is a new registry, as for a load
         return {}
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if os.access(path, os.W_OK) and os.access(warehouse, os.W_OK):

@@ -412,6 +412,14 @@ def reading_as_an_auditor(monkeypatch, modes_that_open: tuple[str, ...]) -> None
     monkeypatch.setattr(sqlite3, "connect", as_for_a_reader)
 
 
+def test_an_emptied_registry_reads_as_a_new_one_and_the_check_names_the_columns_it_lacks(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    (warehouse / "_registry.sqlite").write_bytes(b"")
+    assert read_registry(warehouse) == {}
+    outcome = checks.registry_matches_parquet(warehouse, DAY)
+    assert not outcome.passed and outcome.description.startswith("a.n is Int64 in ") and "registry says nothing" in outcome.description
+
+
 def test_an_auditor_reads_a_registry_no_writer_has_open_as_the_file_it_is(logs, warehouse, monkeypatch):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1, "s": "x"})]})
     reading_as_an_auditor(monkeypatch, ("?immutable=1",))
