@@ -160,13 +160,13 @@ def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -
 
 def create_event_views(
     connection: duckdb.DuckDBPyConnection, warehouse: Path, taken: set[str], written: dict[str, set[str]],
+    registry: dict[str, list[Column]],
 ) -> None:
     """One view per event table: in schema `events`, and in the main schema under the name
     `event_view_names` gives it."""
     folder = warehouse / "events"
     if not written:
         return
-    registry = read_registry(warehouse)
     connection.execute(f"create schema if not exists {EVENTS_SCHEMA}")
     tables = sorted(p for p in folder.iterdir() if p.is_dir() and p.name in written)
     names = event_view_names([table.name for table in tables], taken)
@@ -187,13 +187,13 @@ def mart_views(warehouse: Path) -> dict[str, str]:
     return views
 
 
-def catalog_fingerprint(warehouse: Path, views: dict[str, str], written: dict[str, set[str]]) -> str:
+def catalog_fingerprint(views: dict[str, str], written: dict[str, set[str]], registry: dict[str, list[Column]]) -> str:
     """What the views depend on: their SQL, each event table's columns, the registry. New
     partitions of known tables change none of it (views re-read their globs at query time)."""
     state = {
         "views": views,
         "event_columns": {event: sorted(columns) for event, columns in sorted(written.items())},
-        "registry": {event: [(c.name, c.type) for c in columns] for event, columns in sorted(read_registry(warehouse).items())},
+        "registry": {event: [(c.name, c.type) for c in columns] for event, columns in sorted(registry.items())},
     }
     return hashlib.sha1(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -209,7 +209,10 @@ def rebuild_catalog(warehouse: Path) -> Path:
     views.update(mart_views(warehouse))
     events = warehouse / "events"
     written = event_columns_written(duckdb.connect(), events) if any(events.glob("*/received_date=*/*.parquet")) else {}
-    fingerprint = catalog_fingerprint(warehouse, views, written)
+    # Read once for the fingerprint and the views alike: a load registering columns between two
+    # reads would have fingerprinted one registry and built views from another.
+    registry = read_registry(warehouse)
+    fingerprint = catalog_fingerprint(views, written, registry)
     marker = warehouse / FINGERPRINT_FILE
     database = warehouse / DATABASE_FILE
     if database.exists() and marker.exists() and marker.read_text() == as_built(fingerprint, database):
@@ -217,7 +220,7 @@ def rebuild_catalog(warehouse: Path) -> Path:
     with rebuilt_database(warehouse) as connection:
         connection.execute("begin")  # one commit, not one per view: 30 % less time for 3,000 events
         create_views(connection, views)
-        create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views), written)
+        create_event_views(connection, warehouse, set(BASE_VIEWS) | set(views), written, registry)
         connection.execute("commit")
     marker.write_text(as_built(fingerprint, database))
     return database
