@@ -202,12 +202,12 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
     contexts = columns.pop("context")
     for name in TIME_COLUMNS:  # the texts; `chunk.times` has them typed
         del columns[name]
-    columns["properties"] = [dump_json(p) for p in columns["properties"]]
+    del columns["properties"]  # `properties_json` has them as text
     gathered = pl.DataFrame(
         {**columns, "line_number": chunk.accepted_line, "batch_index": chunk.accepted_batch_index},
         schema_overrides={
             "revenue": pl.Float64, "currency": pl.String, "value": pl.Int64, "user_id": pl.String,
-            "anonymous_id": pl.String, "batch_index": pl.Int64, "properties": pl.Binary,
+            "anonymous_id": pl.String, "batch_index": pl.Int64, "properties_json": pl.Binary,
         },
     ).hstack(chunk.times)
     event_names = {text: event_table_name(text) for text in set(gathered["event_text"].to_list())}
@@ -226,7 +226,7 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date) -> pl.DataFrame:
         "value",
     )
     trailing = gathered.select(
-        pl.col("properties").cast(pl.String),
+        pl.col("properties_json").cast(pl.String).alias("properties"),
         pl.lit(chunk.source_file).alias("source_file"),
         "line_number",
         "batch_index",
