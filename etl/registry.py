@@ -83,34 +83,66 @@ def damage_said(path: Path) -> Iterator[None]:
         ) from None
 
 
+IMMUTABLE = "?immutable=1"
+READ_ATTEMPTS = 3
+
+
 def read_registry(warehouse: Path) -> dict[str, list[Column]]:
     """Every event table's columns, for checks and the catalog, leaving no file behind. Where the
     warehouse may be written, an ordinary connection reads it (SQLite removes its `-wal` and
     `-shm` files on closing). A reader who may not write the registry reads the file as it is,
     exact when no `-wal` holds commits not yet folded in; with a writer's `-wal` and `-shm` there,
     a read-only connection reads both. It must not make them itself: owned by the reader, they
-    would fail every later write. No registry yet (no file, or an empty one): no columns."""
+    would fail every later write. No registry yet (no file, or an empty one): no columns.
+
+    Reading the file as it is takes no lock, so a load that starts meanwhile and folds its `-wal`
+    in could tear the read (wrong rows, or "malformed" and advice to restore a sound file): a read
+    during which the file changed or a `-wal` appeared is done again."""
     path = warehouse / REGISTRY_FILE
-    if not path.exists() or not path.stat().st_size:  # an emptied file is a new registry, as for a load
-        return {}
+    for _ in range(READ_ATTEMPTS):
+        if not path.exists() or not path.stat().st_size:  # an emptied file is a new registry, as for a load
+            return {}
+        mode, before = registry_read_mode(warehouse, path), file_state(path)
+        try:
+            with damage_said(path), contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
+                rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
+        except UnreadableRegistry:
+            if mode != IMMUTABLE or not written_meanwhile(path, before):
+                raise
+            continue
+        if mode != IMMUTABLE or not written_meanwhile(path, before):
+            out: dict[str, list[Column]] = {}
+            for event, name, kind, position in rows:
+                out.setdefault(event, []).append(Column(name, kind, position))
+            return out
+    raise UnreadableRegistry(
+        f"schema registry {path} changed during each of {READ_ATTEMPTS} reads, as a load wrote it: rerun when the load is done"
+    )
+
+
+def registry_read_mode(warehouse: Path, path: Path) -> str:
+    """How `read_registry` opens the file (the URI's query): see there."""
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if os.access(path, os.W_OK) and os.access(warehouse, os.W_OK):
-        mode = ""
-    elif not wal.exists():
-        mode = "?immutable=1"
-    elif shm.exists():
-        mode = "?mode=ro"
-    else:
-        raise UnreadableRegistry(
-            f"schema registry {path} has a write-ahead log ({wal.name}) that a writer left open, which only "
-            "a user who may write the warehouse can fold in: rerun as such a user (any etl command does it)"
-        )
-    with damage_said(path), contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
-        rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
-    out: dict[str, list[Column]] = {}
-    for event, name, kind, position in rows:
-        out.setdefault(event, []).append(Column(name, kind, position))
-    return out
+        return ""
+    if not wal.exists():
+        return IMMUTABLE
+    if shm.exists():
+        return "?mode=ro"
+    raise UnreadableRegistry(
+        f"schema registry {path} has a write-ahead log ({wal.name}) that a writer left open, which only "
+        "a user who may write the warehouse can fold in: rerun as such a user (any etl command does it)"
+    )
+
+
+def file_state(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def written_meanwhile(path: Path, before: tuple[int, int, int]) -> bool:
+    """A writer touched the registry since `before`: it has a `-wal` open, or changed the file."""
+    return Path(f"{path}-wal").exists() or not path.exists() or file_state(path) != before
 
 
 class SchemaRegistry:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -424,6 +425,80 @@ def test_an_auditor_reads_a_registry_no_writer_has_open_as_the_file_it_is(logs, 
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1, "s": "x"})]})
     reading_as_an_auditor(monkeypatch, ("?immutable=1",))
     assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("s", "string", 1)]}
+
+
+def reading_while_a_load_writes(
+    monkeypatch, warehouse: Path, reads_seen: list[str], as_first_reads, open_writers: list | None = None,
+) -> None:
+    """As `reading_as_an_auditor` (the file is read as it is), where a load registers a column
+    while the auditor's read is under way: the first read gets what `as_first_reads` makes of it.
+    The load ends there, folding its `-wal` in, unless `open_writers` is given to hold it."""
+    writers_connect = sqlite3.connect
+    reading_as_an_auditor(monkeypatch, (registry.IMMUTABLE, "?mode=ro"))
+    connect = sqlite3.connect
+
+    def torn(database, *args, **kwargs):
+        if "?" not in str(database):  # the load's own connection, not a reader's URI
+            return writers_connect(database, *args, **kwargs)
+        reads_seen.append(database)
+        if len(reads_seen) > 1:
+            return connect(database, *args, **kwargs)
+        stale = warehouse.parent / "before-the-load.sqlite"
+        shutil.copy(warehouse / "_registry.sqlite", stale)
+        writer = SchemaRegistry(warehouse, loading_day=DAY)
+        writer.register("a", {"t": (("t",), "bool")})
+        writer.close() if open_writers is None else open_writers.append(writer)
+        return as_first_reads(connect(f"{stale.resolve().as_uri()}{registry.IMMUTABLE}", *args, **kwargs))
+
+    monkeypatch.setattr(sqlite3, "connect", torn)
+
+
+def test_an_auditor_reads_again_a_registry_a_load_changed_during_the_read(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    reads: list[str] = []
+    reading_while_a_load_writes(monkeypatch, warehouse, reads, lambda stale: stale)
+    assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("t", "bool", 1)]}
+    assert len(reads) == 2
+
+
+def test_an_auditor_reads_again_through_the_wal_of_a_load_that_began_during_the_read(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    reads: list[str] = []
+    writers: list[SchemaRegistry] = []
+    reading_while_a_load_writes(monkeypatch, warehouse, reads, lambda stale: stale, writers)
+    try:
+        assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("t", "bool", 1)]}
+        assert reads[-1].endswith("?mode=ro")
+    finally:
+        writers[0].close()
+
+
+def test_a_read_torn_by_a_load_is_read_again_not_called_damage(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+
+    def malformed(stale):
+        stale.close()
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+        raise error
+
+    reading_while_a_load_writes(monkeypatch, warehouse, [], malformed)
+    assert read_registry(warehouse) == {"a": [Column("n", "int", 0), Column("t", "bool", 1)]}
+
+
+def test_an_auditor_is_told_to_wait_for_a_load_that_changes_the_registry_on_every_read(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    reading_as_an_auditor(monkeypatch, (registry.IMMUTABLE,))
+    path = warehouse / "_registry.sqlite"
+    connect = sqlite3.connect
+
+    def written_each_time(database, *args, **kwargs):
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns + 1_000_000))
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", written_each_time)
+    with pytest.raises(registry.UnreadableRegistry, match=r"changed during each of 3 reads, as a load wrote it: rerun when the load is done$"):
+        read_registry(warehouse)
 
 
 def test_an_auditor_reads_the_columns_a_running_writer_has_only_in_its_wal(logs, warehouse, monkeypatch):
