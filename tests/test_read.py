@@ -298,6 +298,7 @@ def test_every_line_over_the_limit_and_none_under_it_is_read_past(tmp_path_facto
     assert seen == [(n, line[:limit], len(line)) for n, line in enumerate(lines, 1)]
     assert all(p.length > limit for p in pieces if isinstance(p, LongLine))
     assert all(len(line) <= limit for p in pieces if isinstance(p, LineChunk) for line in p.lines())
+    assert all(p.line_count() == len(p.lines()) for p in pieces if isinstance(p, LineChunk))  # counted as read
 
 
 def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path, monkeypatch):
@@ -341,6 +342,6 @@ def test_small_chunks_join_in_order_up_to_one_chunk_and_a_break_passes_between(m
     ]
     out = list(coalesced(pieces, chunk_bytes=32))
     assert out[1:] == pieces[2:]  # c is full with d (32 bytes), and d is full with e (5 lines)
-    assert out[0].lines() == [b"x" * 10, b"y", b"z"]
+    assert out[0].lines() == [b"x" * 10, b"y", b"z"] and out[0].line_count() == 3
     assert (out[0].source_file, out[0].first_line_number) == ("a", 1)
     assert out[0].files == (FileLines("a", 1, 1), FileLines("b", 7, 2))
