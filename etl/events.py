@@ -66,39 +66,54 @@ def flatten_nested(node: dict, prefix: tuple[str, ...], row: int, cells: dict) -
 CONVERTED = ([], [])  # marks the top-level keys whose typed value comes from TrackFields
 
 
-def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
-    """Group the chunk's accepted messages by event and flatten their properties.
+class PropertyGatherer:
+    """Groups accepted messages by event table and flattens their properties, fed in batches of
+    messages in order while validation goes on (while they are still in the CPU's cache).
 
     Most properties are top-level leaves: their cells are found by key in a per-event dict,
     with no path tuple built and hashed per value (24 → 16 k instructions an event, callgrind).
     """
-    by_event: dict[str, EventProperties] = {}
-    top_cells: dict[str, dict[str, tuple[list[int], list[Any]]]] = {}
-    for position, (message, event) in enumerate(zip(fields, events)):
-        sink = by_event.get(event)
-        if sink is None:
-            sink = by_event[event] = EventProperties()
-            top_cells[event] = dict.fromkeys(CONVERTED_PROPERTIES, CONVERTED)
-        top = top_cells[event]
-        cells = sink.cells
-        row = len(sink.positions)
-        sink.positions.append(position)
-        for key, value in message.properties.items():
-            cell = top.get(key)
-            if cell is CONVERTED:
-                continue
-            if type(value) is dict:
-                flatten_nested(value, (key,), row, cells)
-            elif value is not None:
-                if cell is None:
-                    cell = top[key] = cells[(key,)] = ([], [])
-                cell[0].append(row)
-                cell[1].append(value)
-        for name in CONVERTED_PROPERTIES:
-            converted = getattr(message, name)
-            if converted is not None:
-                sink.put((name,), row, converted)
-    return by_event
+
+    def __init__(self) -> None:
+        self.by_event: dict[str, EventProperties] = {}
+        self.top_cells: dict[str, dict[str, tuple[list[int], list[Any]]]] = {}
+        self.positions = 0
+
+    def add(self, fields: list[TrackFields], events: list[str]) -> None:
+        """`events` are the messages' event table names."""
+        by_event, top_cells, first = self.by_event, self.top_cells, self.positions
+        self.positions += len(fields)
+        for position, (message, event) in enumerate(zip(fields, events), first):
+            sink = by_event.get(event)
+            if sink is None:
+                sink = by_event[event] = EventProperties()
+                top_cells[event] = dict.fromkeys(CONVERTED_PROPERTIES, CONVERTED)
+            top = top_cells[event]
+            cells = sink.cells
+            row = len(sink.positions)
+            sink.positions.append(position)
+            for key, value in message.properties.items():
+                cell = top.get(key)
+                if cell is CONVERTED:
+                    continue
+                if type(value) is dict:
+                    flatten_nested(value, (key,), row, cells)
+                elif value is not None:
+                    if cell is None:
+                        cell = top[key] = cells[(key,)] = ([], [])
+                    cell[0].append(row)
+                    cell[1].append(value)
+            for name in CONVERTED_PROPERTIES:
+                converted = getattr(message, name)
+                if converted is not None:
+                    sink.put((name,), row, converted)
+
+
+def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
+    """The chunk's accepted messages grouped by event table, their properties flattened at once."""
+    gatherer = PropertyGatherer()
+    gatherer.add(fields, events)
+    return gatherer.by_event
 
 
 def value_type(value: Any) -> str:

@@ -27,15 +27,17 @@ import orjson
 import polars as pl
 
 from etl.dedupe import SeenMessageIds
-from etl.events import EventProperties, EventTables, empty_discards, event_tables, gather_properties
-from etl.names import is_context_column
-from etl.normalize import capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame
+from etl.events import EventProperties, EventTables, PropertyGatherer, empty_discards, event_tables, gather_properties
+from etl.names import event_table_name, is_context_column
+from etl.normalize import (
+    ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
+)
 from etl.read import (
     CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
 )
 from etl.validate import (
-    ORJSON_TOO_DEEP, OriginalTexts, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break, validate_chunk,
-    validate_long_line,
+    ORJSON_TOO_DEEP, OriginalTexts, TrackFields, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break,
+    validate_chunk, validate_long_line,
 )
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter, read_manifest
@@ -200,11 +202,36 @@ def start_worker() -> None:
 VALIDATORS = {FileBreak: validate_break, LongLine: validate_long_line}
 
 
+class WalkedWhileValidating:
+    """The context columns and gathered properties of a chunk's accepted messages, walked batch
+    by batch as validation accepts them (see `validate_chunk`)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.context = ContextFlattener(capacity)
+        self.properties = PropertyGatherer()
+        self.table_names: dict[str, str] = {}
+
+    def add(self, fields: list[TrackFields]) -> None:
+        names = self.table_names
+        events = [names[t] if t in names else names.setdefault(t, event_table_name(t)) for t in (f.event_text for f in fields)]
+        self.context.add([f.context for f in fields])
+        self.properties.add(fields, events)
+
+    @property
+    def messages(self) -> int:
+        return self.context.rows
+
+
 def prepare_chunk(piece: Piece, received_date: dt.date) -> PreparedChunk:
     with collector_paused():
-        chunk = VALIDATORS.get(type(piece), validate_chunk)(piece)
-        tracks = tracks_frame(chunk, received_date)
-        gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
+        walked = WalkedWhileValidating(piece.line_count()) if isinstance(piece, LineChunk) else None
+        chunk = validate_chunk(piece, walked.add) if walked is not None else VALIDATORS[type(piece)](piece)
+        if walked is not None and walked.messages == len(chunk.accepted):
+            tracks = tracks_frame(chunk, received_date, walked.context.series())
+            gathered = walked.properties.by_event
+        else:  # none walked yet, or `settle_timestamps` quarantined some after their walk: walk the rest now
+            tracks = tracks_frame(chunk, received_date)
+            gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
         chunk.accepted, chunk.times = [], empty_times()
         return PreparedChunk(chunk, tracks, gathered)
 

@@ -15,6 +15,7 @@ import json
 import operator
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -804,13 +805,24 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
     result.times = times
 
 
-def validate_chunk(chunk: LineChunk) -> ValidatedChunk:
-    """Validate every line of a chunk; a bad line is quarantined, never raised."""
+LINES_PER_BATCH = 256  # 128-1,024 measured alike; a whole chunk's messages outgrow the CPU's caches
+
+
+def validate_chunk(chunk: LineChunk, take_accepted: Callable[[list[TrackFields]], None] | None = None) -> ValidatedChunk:
+    """Validate every line of a chunk; a bad line is quarantined, never raised.
+
+    `take_accepted` gets the accepted messages in order, those of each LINES_PER_BATCH lines as
+    soon as they are validated, so that a later walk over them finds them still in the CPU's
+    cache. `settle_timestamps` may yet move some of them to quarantine."""
     result = ValidatedChunk.empty(chunk.source_file)
     lines = chunk.lines()
-    for offset, line in enumerate(lines):
-        result.lines += 1
-        validate_line(result, chunk.first_line_number + offset, line)
+    for start in range(0, len(lines), LINES_PER_BATCH):
+        taken = len(result.accepted)
+        for line_number, line in enumerate(lines[start : start + LINES_PER_BATCH], chunk.first_line_number + start):
+            validate_line(result, line_number, line)
+        if take_accepted is not None and len(result.accepted) > taken:
+            take_accepted(result.accepted[taken:])
+    result.lines = len(lines)
     settle_timestamps(result, lines, chunk.first_line_number)
     return result
 

@@ -29,7 +29,7 @@ from conftest import line, query, track, write_log
 from etl import checks, normalize, read, validate
 from etl.catalog import refresh_catalog
 from etl.events import EventProperties
-from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day, prepared_in_order
+from etl.pipeline import ChunkWorkers, MissingLogs, PreparedChunk, load_day, prepare_chunk, prepared_in_order
 from etl.read import read_chunks
 from etl.validate import ValidatedChunk
 from etl import write
@@ -166,6 +166,37 @@ def test_every_context_value_lands_once_in_its_paths_column_or_a_numbered_one(co
         for name, text in expected:
             if asked[name] == 1:
                 assert columns[name][row] == text
+
+
+def prepared_in_batches(lines: list, lines_per_batch: int) -> tuple[pl.DataFrame, dict]:
+    chunk = read.LineChunk("a.ndjson", 1, b"\n".join(map(line, lines)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(validate, "LINES_PER_BATCH", lines_per_batch)
+        prepared = prepare_chunk(chunk, dt.date(2025, 1, 15))
+    return prepared.tracks, {event: (sink.positions, sink.cells) for event, sink in prepared.gathered.items()}
+
+
+MESSAGES = st.builds(
+    lambda event, context, properties, bad_time: track(
+        event, context=context, properties=properties, **({"timestamp": "2025-02-30T00:00:00Z"} if bad_time else {}),
+    ),
+    st.sampled_from(["A", "B", "b"]),
+    CONTEXTS,
+    st.dictionaries(CONTEXT_KEYS, CONTEXT_LEAVES | st.dictionaries(CONTEXT_KEYS, CONTEXT_LEAVES, max_size=2), max_size=3),
+    st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(MESSAGES | st.lists(MESSAGES, min_size=1, max_size=4).map(lambda batch: {"batch": batch}), min_size=1, max_size=12))
+def test_context_and_properties_walked_batch_by_batch_as_validated_are_those_of_the_whole_chunk(lines):
+    # Batches of 1-3 lines: columns open in later batches, and envelopes outgrow the rows reserved
+    # per line; a timestamp quarantined after its walk (no 30 February) makes the chunk walk anew.
+    whole_tracks, whole_gathered = prepared_in_batches(lines, 10_000)
+    for lines_per_batch in (1, 2, 3):
+        tracks, gathered = prepared_in_batches(lines, lines_per_batch)
+        assert tracks.equals(whole_tracks) and tracks.columns == whole_tracks.columns
+        assert gathered == whole_gathered
 
 
 def test_a_chunk_never_builds_more_context_columns_than_the_cap(monkeypatch):
