@@ -193,10 +193,13 @@ def _gzip_blocks(path: Path, block_size: int) -> Iterator[bytes]:
                 raise GzipBroken(f"corrupt gzip data ({error})", _salvage(checkpoint, pending)) from error
             if out:
                 yield out
-            if decompressor.unconsumed_tail:
-                pending = decompressor.unconsumed_tail
-            elif decompressor.eof:
+            # A member that ends in a call cut short by the output limit leaves the bytes after it
+            # in both `unused_data` and `unconsumed_tail`: read as more of the ended member, they
+            # gave nothing, for ever (a multi-member gzip whose first member ends mid-block hung).
+            if decompressor.eof:
                 pending, decompressor = decompressor.unused_data, None
+            elif decompressor.unconsumed_tail:
+                pending = decompressor.unconsumed_tail
             else:
                 pending = b""
     if not started:

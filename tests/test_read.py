@@ -6,6 +6,7 @@ import cProfile
 import gzip
 import pstats
 import os
+import signal
 import zlib
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def test_plain_and_gzip_files_give_the_same_lines(tmp_path):
 def test_multi_member_gzip_is_read_fully(tmp_path):
     path = write(tmp_path / "a.jsonl.gz", gzip.compress(b"one\ntwo\n") + gzip.compress(b"three\nfour\n"))
     assert lines_of(path) == [b"one", b"two", b"three", b"four"]
+
+
+def test_a_gzip_member_ending_past_a_read_blocks_output_hands_on_to_the_next_member(tmp_path):
+    # The first member decompresses to more than a block (600 KB): it ends in a call cut short by
+    # the output limit, where zlib keeps the next member both as unused data and as unconsumed
+    # input. The read hung there for ever; an alarm fails this test instead.
+    path = write(tmp_path / "a.ndjson.gz", gzip.compress(b"a\n" * 300_000) + gzip.compress(b"b\n"))
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a multi-member gzip did not end"))
+    signal.alarm(20)
+    try:
+        assert lines_of(path) == [b"a"] * 300_000 + [b"b"]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("padding", [16, 600_000], ids=["16 bytes", "over two read blocks"])
