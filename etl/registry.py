@@ -85,6 +85,7 @@ def damage_said(path: Path) -> Iterator[None]:
 
 IMMUTABLE = "?immutable=1"
 READ_ATTEMPTS = 3
+REREAD_PAUSE_S = 0.05
 
 
 def read_registry(warehouse: Path) -> dict[str, list[Column]]:
@@ -97,12 +98,18 @@ def read_registry(warehouse: Path) -> dict[str, list[Column]]:
 
     Reading the file as it is takes no lock, so a load that starts meanwhile and folds its `-wal`
     in could tear the read (wrong rows, or "malformed" and advice to restore a sound file): a read
-    during which the file changed or a `-wal` appeared is done again."""
+    during which the file changed or a `-wal` appeared is done again, after a pause, as is one
+    that finds a `-wal` without its `-shm`, which a writer's connection briefly leaves as it opens
+    or closes."""
     path = warehouse / REGISTRY_FILE
-    for _ in range(READ_ATTEMPTS):
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            time.sleep(REREAD_PAUSE_S)
         if not path.exists() or not path.stat().st_size:  # an emptied file is a new registry, as for a load
             return {}
-        mode, before = registry_read_mode(warehouse, path), file_state(path)
+        mode, before = registry_read_mode(warehouse, path, last_attempt=attempt == READ_ATTEMPTS - 1), file_state(path)
+        if mode is None:
+            continue
         try:
             with damage_said(path), contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
                 rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
@@ -120,8 +127,8 @@ def read_registry(warehouse: Path) -> dict[str, list[Column]]:
     )
 
 
-def registry_read_mode(warehouse: Path, path: Path) -> str:
-    """How `read_registry` opens the file (the URI's query): see there."""
+def registry_read_mode(warehouse: Path, path: Path, last_attempt: bool) -> str | None:
+    """How `read_registry` opens the file (the URI's query): see there. None: not now."""
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if os.access(path, os.W_OK) and os.access(warehouse, os.W_OK):
         return ""
@@ -129,6 +136,8 @@ def registry_read_mode(warehouse: Path, path: Path) -> str:
         return IMMUTABLE
     if shm.exists():
         return "?mode=ro"
+    if not last_attempt:
+        return None
     raise UnreadableRegistry(
         f"schema registry {path} has a write-ahead log ({wal.name}) that a writer left open, which only "
         "a user who may write the warehouse can fold in: rerun as such a user (any etl command does it)"

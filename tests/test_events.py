@@ -512,6 +512,15 @@ def test_an_auditor_reads_the_columns_a_running_writer_has_only_in_its_wal(logs,
         writer.close()
 
 
+def test_an_auditor_waits_out_a_wal_a_writer_leaves_without_its_shm_for_a_moment(logs, warehouse, monkeypatch):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    wal = warehouse / "_registry.sqlite-wal"
+    wal.write_bytes(b"")  # as while a writer's connection closes: its -shm is gone, its -wal not yet
+    reading_as_an_auditor(monkeypatch, (registry.IMMUTABLE,))
+    monkeypatch.setattr(registry.time, "sleep", lambda _: wal.unlink())  # the close ends during the pause
+    assert read_registry(warehouse) == {"a": [Column("n", "int", 0)]}
+
+
 def test_an_auditor_is_told_who_can_read_a_wal_a_killed_writer_left(logs, warehouse, monkeypatch):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
     (warehouse / "_registry.sqlite-wal").write_bytes(b"")  # its -shm gone: a read-only reader would have to make one
