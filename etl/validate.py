@@ -410,7 +410,9 @@ def check_message(message: dict, size: int, may_have_long_array: bool) -> tuple[
     else:
         if len(properties) > MAX_PROPERTIES:
             fail(("too_many_properties", f"properties has {len(properties)} keys, over the {MAX_PROPERTIES} limit"))
-        properties_json = dump_json(properties)
+        # Copied to a bytes object of its own size: orjson's holds a larger buffer, which kept
+        # alone with the message (until `tracks` is built) added 11 MB a worker, measured.
+        properties_json = bytes(memoryview(dump_json(properties)))
         long_name, too_deep = scan_properties(properties, properties_json)
         if long_name:
             fail(("property_name_too_long", f"A property name is over {MAX_NAME_CHARS} characters"))
