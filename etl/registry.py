@@ -123,7 +123,7 @@ def read_registry(warehouse: Path) -> dict[str, list[Column]]:
                 out.setdefault(event, []).append(Column(name, kind, position))
             return out
     raise UnreadableRegistry(
-        f"schema registry {path} changed during each of {READ_ATTEMPTS} reads, as a load wrote it: rerun when the load is done"
+        f"schema registry {path} kept changing over {READ_ATTEMPTS} tries to read it, as a load wrote it: rerun when the load is done"
     )
 
 

@@ -497,7 +497,7 @@ def test_an_auditor_is_told_to_wait_for_a_load_that_changes_the_registry_on_ever
         return connect(database, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", written_each_time)
-    with pytest.raises(registry.UnreadableRegistry, match=r"changed during each of 3 reads, as a load wrote it: rerun when the load is done$"):
+    with pytest.raises(registry.UnreadableRegistry, match=r"kept changing over 3 tries to read it, as a load wrote it: rerun when the load is done$"):
         read_registry(warehouse)
 
 
