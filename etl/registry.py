@@ -110,18 +110,20 @@ def read_registry(warehouse: Path) -> dict[str, list[Column]]:
         mode, before = registry_read_mode(warehouse, path, last_attempt=attempt == READ_ATTEMPTS - 1), file_state(path)
         if mode is None:
             continue
+        damage = None
         try:
             with damage_said(path), contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True, timeout=LOCK_TIMEOUT_S)) as connection:
                 rows = connection.execute("select event, name, type, position from columns order by event, position").fetchall()
-        except UnreadableRegistry:
-            if mode != IMMUTABLE or not written_meanwhile(path, before):
-                raise
-            continue
-        if mode != IMMUTABLE or not written_meanwhile(path, before):
-            out: dict[str, list[Column]] = {}
-            for event, name, kind, position in rows:
-                out.setdefault(event, []).append(Column(name, kind, position))
-            return out
+        except UnreadableRegistry as error:
+            damage = error
+        if mode == IMMUTABLE and written_meanwhile(path, before):
+            continue  # whatever the read gave, rows or "malformed", a load may have torn it
+        if damage is not None:
+            raise damage
+        out: dict[str, list[Column]] = {}
+        for event, name, kind, position in rows:
+            out.setdefault(event, []).append(Column(name, kind, position))
+        return out
     raise UnreadableRegistry(
         f"schema registry {path} kept changing over {READ_ATTEMPTS} tries to read it, as a load wrote it: rerun when the load is done"
     )
