@@ -209,13 +209,10 @@ class WalkedWhileValidating:
     def __init__(self, capacity: int) -> None:
         self.context = ContextFlattener(capacity)
         self.properties = PropertyGatherer()
-        self.table_names: dict[str, str] = {}
 
     def add(self, fields: list[TrackFields]) -> None:
-        names = self.table_names
-        events = [names[t] if t in names else names.setdefault(t, event_table_name(t)) for t in (f.event_text for f in fields)]
         self.context.add([f.context for f in fields])
-        self.properties.add(fields, events)
+        self.properties.add(fields, [event_table_name(f.event_text) for f in fields])  # remembered per text
 
     @property
     def messages(self) -> int:
