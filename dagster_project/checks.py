@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from etl import checks
+from etl.catalog import shared_scratch_database
 from etl.write import day_lock
 
 PARTITION_CHECKS = {
@@ -31,7 +32,7 @@ def partition_check_specs() -> list[dg.AssetCheckSpec]:
 
 def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> list[dg.AssetCheckResult]:
     """The day's checks, read under its day lock: a rerun of the day must not swap files mid-check."""
-    with day_lock(warehouse, day, reading=True):
+    with day_lock(warehouse, day, reading=True), shared_scratch_database():
         return list(day_check_results(warehouse, day, quarantine_warn_rate))
 
 

@@ -357,7 +357,7 @@ def check(args: argparse.Namespace) -> int:
             print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)
             errors.append("the models (marts missing)")
         else:
-            results = list(model_check_results(config.warehouse))
+            results = model_check_results(config.warehouse)
             errors += reported_failures(results, None)
             checked += len(results)
     except KeyboardInterrupt:

@@ -7,7 +7,6 @@ other); Declarative Automation re-runs them after any partition load or backfill
 slot that a killed run left claimed.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +14,7 @@ import dagster as dg
 from dagster_project.checks import check_result
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
+from etl.catalog import shared_scratch_database
 from etl.models import SEEDS, SOURCES, load_models, refresh_models
 
 WRITER_POOL = "warehouse_writer"
@@ -84,9 +84,9 @@ def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
     yield from model_check_results(trackhouse.warehouse)
 
 
-def model_check_results(warehouse: Path) -> Iterator[dg.AssetCheckResult]:
-    for check_name, (asset, severity, check) in MODEL_CHECKS.items():
-        yield check_result(check_name, asset, severity, check(warehouse))
+def model_check_results(warehouse: Path) -> list[dg.AssetCheckResult]:
+    with shared_scratch_database():
+        return [check_result(check_name, asset, severity, check(warehouse)) for check_name, (asset, severity, check) in MODEL_CHECKS.items()]
 
 
 models_automation = dg.AutomationConditionSensorDefinition(

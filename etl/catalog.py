@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,41 @@ DUCKDB_TYPES = {
     "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
     "string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "json": "VARCHAR",
 }
+
+
+_scratch = threading.local()
+
+
+@contextlib.contextmanager
+def shared_scratch_database() -> Iterator[None]:
+    """Let the queries inside (a day's checks, the models' checks) share one in-memory DuckDB,
+    each on a cursor of its own: opening a database costs 18 ms, a cursor 0.3 ms, and a day's
+    checks asked a dozen queries, a fifth of a 10,000-event day's run (measured). Closed on exit,
+    so no DuckDB threads outlive it: a process forked while they run can hang in DuckDB."""
+    if getattr(_scratch, "database", None) is not None:
+        yield
+        return
+    with duckdb.connect() as database:
+        _scratch.database = database
+        try:
+            yield
+        finally:
+            _scratch.database = None
+
+
+@contextlib.contextmanager
+def scratch_cursor() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection for queries over Parquet files that leave nothing behind (temporary views at
+    most, which are the cursor's own): a cursor of this thread's shared database, else a database
+    of its own."""
+    database = getattr(_scratch, "database", None)
+    with (database.cursor() if database is not None else duckdb.connect()) as connection:
+        yield connection
+
+
+def scratch_rows(sql: str) -> list[tuple]:
+    with scratch_cursor() as cursor:
+        return cursor.execute(sql).fetchall()
 
 
 def quote_identifier(name: str) -> str:
@@ -76,15 +112,15 @@ def table_folders(warehouse: Path) -> dict[str, Path]:
     return {name: warehouse / name for name in BASE_VIEWS if (warehouse / name).is_dir()}
 
 
-def event_columns_written(connection: duckdb.DuckDBPyConnection, events: Path) -> dict[str, set[str]]:
+def event_columns_written(events: Path) -> dict[str, set[str]]:
     """Event table → the columns its Parquet files hold, in one schema scan of every footer
     (one query, not one per table: a warehouse may have thousands of event tables)."""
     pattern = parquet_glob(events, "*/received_date=*/*.parquet")
     # Grouped in DuckDB: a row per file and column in Python held 1.2 GB for 5,000 tables of 414 columns.
-    rows = connection.execute(f"""
+    rows = scratch_rows(f"""
         select regexp_extract(file_name, '([^/]+)/received_date=[^/]*/[^/]*$', 1), list(distinct name)
         from parquet_schema({pattern}) where num_children is null group by 1
-    """).fetchall()
+    """)
     return {table: set(columns) for table, columns in rows}
 
 
@@ -153,9 +189,11 @@ def rebuilt_database(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             Path(str(temporary) + ".wal").unlink(missing_ok=True)
 
 
-def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str]) -> None:
+def create_views(connection: duckdb.DuckDBPyConnection, views: dict[str, str], temporary: bool = False) -> None:
+    """`temporary` views are the connection's own (a scratch cursor's), unseen by other cursors."""
+    kind = "temporary view" if temporary else "view"
     for name, select in views.items():
-        connection.execute(f"create or replace view {quote_identifier(name)} as {select}")
+        connection.execute(f"create or replace {kind} {quote_identifier(name)} as {select}")
 
 
 def create_event_views(
@@ -208,7 +246,7 @@ def rebuild_catalog(warehouse: Path) -> Path:
             views[name] = f"select * from {source}"
     views.update(mart_views(warehouse))
     events = warehouse / "events"
-    written = event_columns_written(duckdb.connect(), events) if any(events.glob("*/received_date=*/*.parquet")) else {}
+    written = event_columns_written(events) if any(events.glob("*/received_date=*/*.parquet")) else {}
     # Read once for the fingerprint and the views alike: a load registering columns between two
     # reads would have fingerprinted one registry and built views from another.
     registry = read_registry(warehouse)

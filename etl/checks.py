@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, writer_lock
+from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, scratch_cursor, scratch_rows, writer_lock
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
@@ -84,7 +84,7 @@ def fetch(sql: str, files: list[Path]) -> list[tuple]:
     """Rows of `sql` over `files` (its `{files}`); none without a file, as `read_parquet([])` raises."""
     if not files:
         return []
-    return duckdb.connect().execute(sql.format(files=read_files(files))).fetchall()
+    return scratch_rows(sql.format(files=read_files(files)))
 
 
 def scalar(sql: str, files: list[Path]) -> int:
@@ -116,7 +116,7 @@ def repeated_provenance(tracks: list[Path], quarantine: list[Path]) -> int:
         return 0
     union = " union all ".join(parts)
     sql = f"select coalesce(sum(copies - 1), 0) from (select count(*) as copies from ({union}) group by source_file, line_number, batch_index having count(*) > 1)"
-    return duckdb.connect().execute(sql).fetchone()[0]
+    return scratch_rows(sql)[0][0]
 
 
 @failing_instead_of_raising
@@ -230,7 +230,7 @@ def footer_rows_by_event(files: list[Path]) -> dict[str, int]:
     if not files:
         return {}
     sql = f"select string_split(file_name, '/')[-3], sum(num_rows) from parquet_file_metadata({file_list(files)}) group by 1"
-    return dict(duckdb.connect().execute(sql).fetchall())
+    return dict(scratch_rows(sql))
 
 
 def unmatched_event_rows(event_files: list[Path], tracks: list[Path]) -> tuple[int, int]:
@@ -242,10 +242,10 @@ def unmatched_event_rows(event_files: list[Path], tracks: list[Path]) -> tuple[i
     accepted = f"(select message_id, event, true as found from {read_files(tracks)})" if tracks else (
         "(select null::varchar as message_id, null::varchar as event, true as found where false)"
     )
-    return duckdb.connect().execute(
+    return scratch_rows(
         f"select count(*) filter (where found is null), count(*) - count(distinct message_id) "
         f"from {events} left join {accepted} using (message_id, event)"
-    ).fetchone()
+    )[0]
 
 
 @failing_instead_of_raising
@@ -280,9 +280,7 @@ def orphan_discards(discards: list[Path], tracks: list[Path]) -> int:
     """Discards whose message `tracks` does not hold: all of them when `tracks` has no file."""
     if not discards or not tracks:
         return scalar("select count(*) from {files}", discards)
-    return duckdb.connect().execute(
-        f"select count(*) from {read_files(discards)} anti join {read_files(tracks)} using (message_id)"
-    ).fetchone()[0]
+    return scratch_rows(f"select count(*) from {read_files(discards)} anti join {read_files(tracks)} using (message_id)")[0][0]
 
 
 @failing_instead_of_raising
@@ -371,7 +369,7 @@ def missing_marts_message(warehouse: Path, missing: list[str]) -> str:
 def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Views of tracks and the marts, read under the writer lock: another run's refresh cannot
     swap the marts mid-query, and an analyst holding warehouse.duckdb open cannot lock us out."""
-    with writer_lock(warehouse, reading=True), duckdb.connect() as connection:
+    with writer_lock(warehouse, reading=True), scratch_cursor() as connection:
         marts = mart_views(warehouse)
         missing = missing_marts(marts)
         if missing:
@@ -379,8 +377,8 @@ def reading_marts(warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         # Only `tracks`: the marts' checks never read quarantine or discards, and a corrupt file
         # there must fail the day's checks alone, not every model check too.
         tracks = parquet_source(warehouse / "tracks") if (warehouse / "tracks").is_dir() else None
-        create_views(connection, ({"tracks": f"select * from {tracks}"} if tracks else {}) | marts)
-        create_views(connection, modelled_days_views(warehouse))
+        create_views(connection, ({"tracks": f"select * from {tracks}"} if tracks else {}) | marts, temporary=True)
+        create_views(connection, modelled_days_views(warehouse), temporary=True)
         yield connection
 
 

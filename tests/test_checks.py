@@ -10,7 +10,9 @@ import pytest
 from conftest import track, write_log
 
 from dagster_project.checks import PARTITION_CHECKS, partition_check_results
-from etl import checks
+from dagster_project.models import model_check_results
+from etl import catalog, checks
+from etl.models import refresh_models
 from etl.pipeline import load_day
 from etl.write import partition_dir
 
@@ -104,6 +106,42 @@ def test_event_rows_check_fails_when_a_row_is_swapped_for_another_with_counts_un
     outcome = checks.event_rows_match_tracks(warehouse, DAY)
     assert not outcome.passed
     assert outcome.metadata["stray_rows"] + outcome.metadata["repeated_rows"] == 1 and outcome.metadata["mismatched_events"] == 0
+
+
+def opened_databases(monkeypatch) -> list[duckdb.DuckDBPyConnection]:
+    """Every DuckDB the checks open from now on."""
+    opened, connect = [], duckdb.connect
+
+    def counted(*args, **kwargs) -> duckdb.DuckDBPyConnection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(catalog.duckdb, "connect", counted)
+    return opened
+
+
+def test_a_days_checks_and_the_models_checks_each_share_one_database_closed_after_them(logs, warehouse, monkeypatch):
+    # Opening a DuckDB costs 18 ms and a day's checks ask a dozen queries; a database left open
+    # keeps DuckDB's threads running, and a process forked meanwhile can hang in DuckDB.
+    loaded_day(logs, warehouse)
+    refresh_models(warehouse)
+    opened = opened_databases(monkeypatch)
+    assert all(r.passed for r in partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE))
+    assert all(r.passed for r in model_check_results(warehouse))
+    assert len(opened) == 2
+    for database in opened:
+        with pytest.raises(duckdb.ConnectionException):
+            database.execute("select 1")
+
+
+def test_a_model_checks_views_are_its_own_cursors_and_gone_after_it(logs, warehouse):
+    # Another check on the shared database must never read them (a check on another warehouse,
+    # or its `changed_days`, would otherwise be read through names this one made).
+    loaded_day(logs, warehouse)
+    refresh_models(warehouse)
+    with catalog.shared_scratch_database():
+        assert checks.stg_unique_message_id(warehouse).passed
+        assert catalog.scratch_rows("select count(*) from duckdb_views() where not internal") == [(0,)]
 
 
 @pytest.mark.parametrize(
