@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -15,7 +16,7 @@ import polars as pl
 import pytest
 from conftest import query, track, write_log
 
-from etl import checks, registry, write
+from etl import catalog, checks, registry, write
 from etl.catalog import refresh_catalog
 from etl.names import event_table_name, snake_case
 from etl.pipeline import load_day
@@ -548,6 +549,53 @@ def test_catalog_is_rebuilt_only_when_a_table_or_column_changes(logs, warehouse)
     load(logs, warehouse, {"2025-01-13": [track("A", properties={"n": 3, "new": "x"}), track("B")]})
     assert database.stat().st_ino != built
     assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
+
+
+def scans_recorded(monkeypatch) -> list[Path]:
+    """Every event Parquet file whose footer a catalog refresh reads from now on."""
+    scanned, scan = [], catalog.scanned_columns
+
+    def recorded(files: list[Path]) -> dict[str, list[str]]:
+        scanned.extend(files)
+        return scan(files)
+
+    monkeypatch.setattr(catalog, "scanned_columns", recorded)
+    return scanned
+
+
+def test_a_catalog_refresh_reads_only_the_footers_of_folders_changed_since_the_last(logs, warehouse, monkeypatch):
+    # A partition run refreshes the catalog: reading every day's footers made each run of a
+    # year-long backfill slower than the one before.
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1}), track("B")]})
+    scanned = scans_recorded(monkeypatch)
+    load(logs, warehouse, {"2025-01-16": [track("A", properties={"n": 2, "new": "x"})]})
+    assert scanned and {path.parent.name for path in scanned} == {"received_date=2025-01-16"}
+    assert query(warehouse, "select count(new), (select count(*) from b) from a") == [(1, 1)]
+    scanned.clear()
+    refresh_catalog(warehouse)
+    assert scanned == []
+
+
+def test_an_event_file_rewritten_under_its_name_is_read_again(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    (part,) = partition_dir(warehouse / "events", "a", DAY).glob("*.parquet")
+    pl.read_parquet(part).with_columns(rewritten=pl.lit("x")).write_parquet(part)
+    refresh_catalog(warehouse)
+    assert "rewritten" in catalog.event_columns_written(warehouse)["a"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda cache: "{",
+    lambda cache: "[]",
+    lambda cache: json.dumps({**json.loads(cache), "column_sets": []}),  # folders point at no list
+    lambda cache: json.dumps({**json.loads(cache), "column_sets": [[1]]}),  # a list of no names
+], ids=["cut short", "a list", "no column lists", "numbers for names"])
+def test_a_damaged_columns_cache_is_read_as_no_cache(logs, warehouse, damage):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    expected = catalog.event_columns_written(warehouse)
+    cache = warehouse / catalog.COLUMNS_CACHE_FILE
+    cache.write_text(damage(cache.read_text()))
+    assert catalog.event_columns_written(warehouse) == expected and "n" in expected["a"]
 
 
 @pytest.mark.parametrize("damage", [
