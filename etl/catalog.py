@@ -165,7 +165,7 @@ def event_columns_written(warehouse: Path) -> dict[str, set[str]]:
     folders = {
         f"{folder.parent.name}/{folder.name}": (folder, files)
         for folder in sorted(events.glob("*/received_date=*"))
-        if (files := folder_files(folder))
+        if folder.is_dir() and (files := folder_files(folder))
     }
     cache_path = warehouse / COLUMNS_CACHE_FILE
     cached = read_columns_cache(cache_path)

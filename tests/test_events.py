@@ -576,6 +576,12 @@ def test_a_catalog_refresh_reads_only_the_footers_of_folders_changed_since_the_l
     assert scanned == []
 
 
+def test_a_stray_file_named_like_a_day_folder_is_no_day(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    (warehouse / "events" / "a" / "received_date=notes.txt").write_text("left here by hand")
+    assert "n" in catalog.event_columns_written(warehouse)["a"]
+
+
 def test_an_event_file_rewritten_under_its_name_is_read_again(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
     (part,) = partition_dir(warehouse / "events", "a", DAY).glob("*.parquet")
