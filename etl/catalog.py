@@ -116,7 +116,7 @@ def table_folders(warehouse: Path) -> dict[str, Path]:
 def folder_files(folder: Path) -> list[list]:
     """The Parquet files of one (event table, day) folder as [name, size, mtime_ns], sorted: what
     a folder's cached columns are valid for."""
-    files = [entry for entry in os.scandir(folder) if entry.name.endswith(".parquet") and not entry.name.startswith(".")]
+    files = [entry for entry in os.scandir(folder) if entry.name.endswith(".parquet") and not entry.name.startswith(".") and entry.is_file()]
     return sorted([entry.name, (stat := entry.stat()).st_size, stat.st_mtime_ns] for entry in files)
 
 

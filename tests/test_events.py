@@ -576,9 +576,10 @@ def test_a_catalog_refresh_reads_only_the_footers_of_folders_changed_since_the_l
     assert scanned == []
 
 
-def test_a_stray_file_named_like_a_day_folder_is_no_day(logs, warehouse):
+def test_the_footer_cache_skips_a_file_named_like_a_day_folder_and_a_folder_named_like_a_part(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
     (warehouse / "events" / "a" / "received_date=notes.txt").write_text("left here by hand")
+    (partition_dir(warehouse / "events", "a", DAY) / "copy.parquet").mkdir()  # nor a folder named like a part
     assert "n" in catalog.event_columns_written(warehouse)["a"]
 
 
