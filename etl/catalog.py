@@ -144,8 +144,8 @@ def write_columns_cache(path: Path, folders: dict[str, tuple[list, list[str]]]) 
 
 def scanned_columns(files: list[Path]) -> dict[str, list[str]]:
     """Columns per `<table>/received_date=<day>` folder of `files` (absolute paths, so that
-    DuckDB names them as given), in one schema scan of their
-    footers (one query, not one per table: a warehouse may have thousands of event tables)."""
+    DuckDB names them as given), in one schema scan of their footers (one query, not one per
+    table: a warehouse may have thousands of event tables)."""
     # Grouped in DuckDB: a row per file and column in Python held 1.2 GB for 5,000 tables of 414 columns.
     listed = ", ".join(quote_literal(glob_literal(path)) for path in files)
     rows = scratch_rows(f"""
