@@ -583,12 +583,34 @@ def test_the_footer_cache_skips_a_file_named_like_a_day_folder_and_a_folder_name
     assert "n" in catalog.event_columns_written(warehouse)["a"]
 
 
-def test_an_event_file_rewritten_under_its_name_is_read_again(logs, warehouse):
+def test_an_event_file_rewritten_under_its_name_is_read_again_even_with_its_old_size_and_time(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
     (part,) = partition_dir(warehouse / "events", "a", DAY).glob("*.parquet")
-    pl.read_parquet(part).with_columns(rewritten=pl.lit("x")).write_parquet(part)
+    before = part.stat()
+    pl.read_parquet(part).rename({"n": "m"}).write_parquet(part)  # as many bytes
+    os.utime(part, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert part.stat().st_size == before.st_size
+    columns = catalog.event_columns_written(warehouse)["a"]
+    assert "m" in columns and "n" not in columns
+
+
+def test_a_hidden_part_counts_for_its_tables_columns_as_the_views_read_its_rows(logs, warehouse):
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})], "2025-01-16": [track("A", properties={"n": 2, "new": "x"})]})
+    (part,) = partition_dir(warehouse / "events", "a", "2025-01-16").glob("*.parquet")
+    part.rename(part.with_name(f".{part.name}"))
     refresh_catalog(warehouse)
-    assert "rewritten" in catalog.event_columns_written(warehouse)["a"]
+    assert query(warehouse, "select count(*), count(new) from a") == [(2, 1)]
+
+
+def test_footers_are_scanned_a_batch_of_files_at_a_time_with_the_same_columns(logs, warehouse, monkeypatch):
+    # A day's folder may hold several parts (a part per 100,000 rows): its columns are all of theirs.
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1}), track("B", properties={"m": 1})], "2025-01-16": [track("A", properties={"new": "x"})]})
+    (part,) = partition_dir(warehouse / "events", "a", DAY).glob("*.parquet")
+    pl.read_parquet(part).rename({"n": "second_part"}).write_parquet(part.with_name("part-second.parquet"))
+    expected = catalog.event_columns_written(warehouse)
+    (warehouse / catalog.COLUMNS_CACHE_FILE).unlink()
+    monkeypatch.setattr(catalog, "FILES_PER_SCAN", 1)
+    assert catalog.event_columns_written(warehouse) == expected and {"n", "second_part", "new"} <= expected["a"]
 
 
 @pytest.mark.parametrize("damage", [
