@@ -20,7 +20,7 @@ from dagster_project.launch import said_unexpected
 from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
-from etl.catalog import DATABASE_FILE, glob_literal, mart_views
+from etl.catalog import DATABASE_FILE, glob_literal, mart_views, shared_scratch_database
 from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, list_days, skipped_folders
@@ -343,29 +343,30 @@ def check(args: argparse.Namespace) -> int:
         f"{args.date} is not loaded under {config.warehouse}", "loaded days", config.warehouse,
     )
     checked, errors, said = 0, [], {}
-    try:
+    with shared_scratch_database():  # one database for every day's checks and the models'
         try:
-            for day in days:
-                results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
-                errors += reported_failures(results, day, said)
+            try:
+                for day in days:
+                    results = partition_check_results(config.warehouse, day, config.quarantine_warn_rate)
+                    errors += reported_failures(results, day, said)
+                    checked += len(results)
+            finally:  # an interrupt on a later day still lists the days an earlier failure repeated on
+                for line in repeated_failures(said):
+                    print(line, file=sys.stderr)
+            missing = missing_marts(mart_views(config.warehouse))
+            if missing:  # said once, not by each model check
+                print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)
+                errors.append("the models (marts missing)")
+            else:
+                results = model_check_results(config.warehouse)
+                errors += reported_failures(results, None)
                 checked += len(results)
-        finally:  # an interrupt on a later day still lists the days an earlier failure repeated on
-            for line in repeated_failures(said):
-                print(line, file=sys.stderr)
-        missing = missing_marts(mart_views(config.warehouse))
-        if missing:  # said once, not by each model check
-            print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)
-            errors.append("the models (marts missing)")
-        else:
-            results = model_check_results(config.warehouse)
-            errors += reported_failures(results, None)
-            checked += len(results)
-    except KeyboardInterrupt:
-        raise Interrupted(CHECK_INTERRUPTED) from None
-    except Exception as error:
-        if is_interrupt(error):
+        except KeyboardInterrupt:
             raise Interrupted(CHECK_INTERRUPTED) from None
-        raise
+        except Exception as error:
+            if is_interrupt(error):
+                raise Interrupted(CHECK_INTERRUPTED) from None
+            raise
     print(f"{checked} checks on {len(days)} loaded day(s) from {days[0]} to {days[-1]} and the models: {len(errors)} ERROR check(s) failed")
     if errors:
         raise failed_checks_error(errors)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from dagster_project.assets import build_load_asset
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
+from etl import catalog
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -68,3 +69,15 @@ def logs(tmp_path: Path) -> Path:
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Path:
     return tmp_path / "warehouse"
+
+
+def opened_databases(monkeypatch) -> list[duckdb.DuckDBPyConnection]:
+    """Every DuckDB the checks open from now on."""
+    opened, connect = [], duckdb.connect
+
+    def counted(*args, **kwargs) -> duckdb.DuckDBPyConnection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(catalog.duckdb, "connect", counted)
+    return opened

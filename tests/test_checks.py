@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from conftest import track, write_log
+from conftest import opened_databases, track, write_log
 
 from dagster_project.checks import PARTITION_CHECKS, partition_check_results
 from dagster_project.models import model_check_results
@@ -106,18 +106,6 @@ def test_event_rows_check_fails_when_a_row_is_swapped_for_another_with_counts_un
     outcome = checks.event_rows_match_tracks(warehouse, DAY)
     assert not outcome.passed
     assert outcome.metadata["stray_rows"] + outcome.metadata["repeated_rows"] == 1 and outcome.metadata["mismatched_events"] == 0
-
-
-def opened_databases(monkeypatch) -> list[duckdb.DuckDBPyConnection]:
-    """Every DuckDB the checks open from now on."""
-    opened, connect = [], duckdb.connect
-
-    def counted(*args, **kwargs) -> duckdb.DuckDBPyConnection:
-        opened.append(connect(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr(catalog.duckdb, "connect", counted)
-    return opened
 
 
 def test_a_days_checks_and_the_models_checks_each_share_one_database_closed_after_them(logs, warehouse, monkeypatch):
