@@ -175,6 +175,8 @@ def event_columns_written(warehouse: Path) -> dict[str, set[str]]:
         if folder.is_dir() and (files := folder_files(folder))
     }
     cache_path = warehouse / COLUMNS_CACHE_FILE
+    for debris in warehouse.glob(f"{COLUMNS_CACHE_FILE}.*.tmp"):  # a killed refresh's (we hold the writer lock)
+        debris.unlink(missing_ok=True)
     cached = read_columns_cache(cache_path)
     unchanged = {key for key, (_, files) in folders.items() if key in cached and cached[key][0] == files}
     changed = [folder / name for key, (folder, files) in folders.items() if key not in unchanged for name, *_ in files]

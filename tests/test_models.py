@@ -586,7 +586,7 @@ def test_no_two_refreshes_write_a_mart_file_of_the_same_name(logs, warehouse, tm
 
 def test_a_refresh_removes_what_a_killed_refresh_left(logs, warehouse, tmp_path):
     """A refresh or catalog rebuild killed mid-way leaves its staging folder or temporary
-    database; the next one, holding the writer lock, knows no other writer can own them."""
+    database or columns cache; the next one, holding the writer lock, knows no other writer can own them."""
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     load_day(logs, warehouse, "2025-01-14")
     killed_marts = warehouse / "marts" / ".staging-0123456789ab" / "stg_tracks"
@@ -594,6 +594,8 @@ def test_a_refresh_removes_what_a_killed_refresh_left(logs, warehouse, tmp_path)
     (killed_marts / "stg_tracks-0123456789ab.parquet").write_bytes(b"half written")
     killed_catalog = warehouse / ".warehouse.duckdb.01234567.tmp"
     killed_catalog.write_bytes(b"half written")
+    killed_columns = warehouse / ".catalog.columns.json.01234567.tmp"
+    killed_columns.write_bytes(b"half written")
     refresh_models(warehouse, seeds_dir=write_seeds(tmp_path / "seeds"))
     assert sorted(p.name for p in (warehouse / "marts").iterdir() if p.name.startswith(".")) == []
-    assert not killed_catalog.exists()
+    assert not killed_catalog.exists() and not killed_columns.exists()
