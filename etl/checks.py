@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from etl.catalog import create_views, glob_literal, mart_views, parquet_source, quote_literal, scratch_cursor, scratch_rows, writer_lock
+from etl.catalog import create_views, file_list, mart_views, parquet_source, quote_literal, scratch_cursor, scratch_rows, writer_lock
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS, POLARS_TYPES
 from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
@@ -70,10 +70,6 @@ def failing_instead_of_raising(check: Callable[..., CheckOutcome]) -> Callable[.
 
 def parquet_files(warehouse: Path, table: str, day: str) -> list[Path]:
     return sorted(partition_dir(warehouse, table, day).glob("*.parquet"))
-
-
-def file_list(files: list[Path]) -> str:
-    return "[" + ", ".join(quote_literal(glob_literal(f)) for f in files) + "]"
 
 
 def read_files(files: list[Path]) -> str:
