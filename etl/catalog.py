@@ -51,22 +51,29 @@ def shared_scratch_database() -> Iterator[None]:
     if getattr(_scratch, "database", None) is not None:
         yield
         return
-    with duckdb.connect() as database:
-        _scratch.database = database
-        try:
-            yield
-        finally:
-            _scratch.database = None
+    _scratch.database = duckdb.connect()
+    try:
+        yield
+    finally:
+        _scratch.database.close()
+        _scratch.database = None
 
 
 @contextlib.contextmanager
 def scratch_cursor() -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection for queries over Parquet files that leave nothing behind (temporary views at
     most, which are the cursor's own): a cursor of this thread's shared database, else a database
-    of its own."""
+    of its own. A fatal error invalidates a DuckDB database for good, so the shared one is then
+    replaced: the query that hit it fails, the ones after it run as if it had not."""
     database = getattr(_scratch, "database", None)
     with (database.cursor() if database is not None else duckdb.connect()) as connection:
-        yield connection
+        try:
+            yield connection
+        except duckdb.FatalException:
+            if database is not None and _scratch.database is database:
+                database.close()
+                _scratch.database = duckdb.connect()
+            raise
 
 
 def scratch_rows(sql: str) -> list[tuple]:

@@ -122,6 +122,21 @@ def test_a_days_checks_and_the_models_checks_each_share_one_database_closed_afte
             database.execute("select 1")
 
 
+def test_a_fatal_duckdb_error_in_one_check_gives_the_checks_after_it_a_new_shared_database(logs, warehouse, monkeypatch):
+    # DuckDB invalidates a database for good after a fatal error: kept, it would fail every
+    # later check of the day with "database has been invalidated" instead of its own outcome.
+    loaded_day(logs, warehouse)
+    opened = opened_databases(monkeypatch)
+    with catalog.shared_scratch_database():
+        with pytest.raises(duckdb.FatalException), catalog.scratch_cursor():
+            raise duckdb.FatalException("FATAL Error: simulated")
+        assert all(r.passed for r in partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE))
+    assert len(opened) == 2
+    for database in opened:
+        with pytest.raises(duckdb.ConnectionException):
+            database.execute("select 1")
+
+
 def test_a_model_checks_views_are_its_own_cursors_and_gone_after_it(logs, warehouse):
     # Another check on the shared database must never read them (a check on another warehouse,
     # or its `changed_days`, would otherwise be read through names this one made).
