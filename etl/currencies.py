@@ -1,7 +1,9 @@
-"""ISO 4217 currency codes in current use (list one, amendments through 2025).
+"""ISO 4217 currency codes in current use (list one as it stands in 2026).
 
 Includes the X-codes (precious metals, SDR, testing, no currency) and the 2024–2025 newcomers
-ZWG and XCG; withdrawn codes (DEM, FRF, HRK, ANG, SLL, ZWL, …) are deliberately absent.
+ZWG and XCG; withdrawn codes (DEM, FRF, HRK, ANG, SLL, ZWL, and BGN since Bulgaria took the
+euro on 2026-01-01, …) are deliberately absent: the contract checks against the current list,
+whatever day an event was sent.
 Update by editing this list from the ISO 4217 maintenance agency's published "list one".
 """
 

@@ -627,7 +627,7 @@ def test_number_revenue_is_accepted_as_float():
 # --- invalid_currency -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("currency", ["DEM", "FRF", "HRK", "US", "EURO", "usd ", "", 978], ids=repr)
+@pytest.mark.parametrize("currency", ["DEM", "FRF", "HRK", "BGN", "US", "EURO", "usd ", "", 978], ids=repr)
 def test_currency_that_is_not_a_current_iso_4217_code_is_invalid_currency(currency):
     assert reasons(track(properties={"currency": currency}))[0] == "invalid_currency"
 
