@@ -87,6 +87,7 @@ class FileBreak:
     line_number: int
     partial_line: bytes
     error: str
+    cut_line_length: int | None = None  # a cut-off line over MAX_LINE_BYTES: its length when the file broke
 
 
 def is_day_folder(path: Path) -> bool:
@@ -293,12 +294,13 @@ def read_chunks(path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES) ->
         # and hold whole lines after it.
         yield from take(getattr(error, "tail", b""))
         if long_start is not None:
-            partial = long_start
+            partial, cut_length = long_start, long_length
         else:
             chunk, partial = complete_lines(b"".join(parts))
+            cut_length = None
             if chunk is not None:
                 yield chunk
-        yield FileBreak(source_file, next_line, partial, f"{type(error).__name__}: {error}")
+        yield FileBreak(source_file, next_line, partial, f"{type(error).__name__}: {error}", cut_length)
         return
     if long_start is not None:
         yield LongLine(source_file, next_line, long_start, long_length)

@@ -846,6 +846,11 @@ def validate_break(file_break: FileBreak) -> ValidatedChunk:
     """The one quarantine row that records where a file stopped being readable."""
     result = ValidatedChunk.empty(file_break.source_file)
     message = f"File could not be read from line {file_break.line_number} on: {file_break.error}"
+    if file_break.cut_line_length is not None:
+        message += (
+            f"; that line had {file_break.cut_line_length:,} bytes when it broke, over the {MAX_LINE_BYTES:,}-byte "
+            f"limit of one line: raw keeps its first {MAX_LINE_BYTES:,} bytes"
+        )
     raw = decode_raw(clean_line(file_break.partial_line))
     result.reject(file_break.line_number, None, raw, [("unreadable_file", message)])
     return result

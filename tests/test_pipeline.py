@@ -580,6 +580,18 @@ def test_a_line_over_the_line_limit_is_one_payload_too_large_row_keeping_its_sta
     assert (summary.lines, summary.messages) == (3, 3) and checks.conservation(warehouse, DAY).passed
 
 
+def test_a_file_breaking_inside_a_line_over_the_limit_says_its_raw_keeps_only_the_start(logs, warehouse, monkeypatch):
+    monkeypatch.setattr(read, "MAX_LINE_BYTES", 1_000)
+    monkeypatch.setattr(read, "READ_BLOCK", 100)
+    data = gzip.compress(b'{"a":1}\n' + b"x" * 5_000, mtime=0)[:-8]  # no trailer: it breaks in line 2
+    (logs / DAY).mkdir(parents=True)
+    (logs / DAY / "a.ndjson.gz").write_bytes(data)
+    load_day(logs, warehouse, DAY)
+    row = quarantine_rows(warehouse).filter(pl.col("reason") == "unreadable_file").row(0, named=True)
+    assert (row["line_number"], row["raw"]) == (2, "x" * 1_000)
+    assert "that line had 5,000 bytes when it broke" in row["message"] and "raw keeps its first" in row["message"]
+
+
 @pytest.mark.parametrize(("rotate", "said"), [
     (lambda folder: folder.rmdir(), "no folder"),
     (lambda folder: None, "no log files in"),

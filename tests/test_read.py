@@ -322,6 +322,13 @@ def test_a_file_breaking_inside_a_long_line_breaks_there_with_its_start(tmp_path
     path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"first\n", b"x" * 5_000))
     *_, last = read_chunks(path, "a")
     assert isinstance(last, FileBreak) and (last.line_number, last.partial_line) == (2, b"x" * 1_000)
+    assert last.cut_line_length == 5_000  # the quarantine row's message says raw is only its start
+
+
+def test_a_file_breaking_inside_a_short_line_gives_no_cut_line_length(tmp_path):
+    path = write(tmp_path / "a.ndjson.gz", gzip_prefix(b"first\n", b'{"cut'))
+    *_, last = read_chunks(path, "a")
+    assert isinstance(last, FileBreak) and (last.partial_line, last.cut_line_length) == (b'{"cut', None)
 
 
 def test_a_gzip_breaking_after_a_long_line_reads_what_it_salvaged_whatever_the_block_size(tmp_path, monkeypatch):
