@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from dagster._core.instance.ref import InstanceRef
 
 from dagster_project.assets import build_load_asset, largest_counts
 from dagster_project.checks import partition_check_results
@@ -164,6 +165,12 @@ def ensure_writable(warehouse: Path) -> None:
         raise RuntimeError(f"cannot write to warehouse {warehouse} ({error.strerror}): pass --warehouse DIR you can write") from None
 
 
+# Dagster mirrors a step's stdout and stderr to the terminal through `tail` and a Python watcher
+# per stream, started in the terminal's process group: a Ctrl-C reached them too, and each watcher
+# printed a traceback above the CLI's one line. The CLI prints its own output, so it keeps none.
+NO_COMPUTE_LOG_CAPTURE = {"compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}}
+
+
 def dagster_instance() -> dg.DagsterInstance:
     """The persistent instance when DAGSTER_HOME is set (runs show in the UI), else a throwaway one.
 
@@ -173,9 +180,14 @@ def dagster_instance() -> dg.DagsterInstance:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         return dg.DagsterInstance.ephemeral()
-    Path(home).mkdir(parents=True, exist_ok=True)
-    with file_lock(Path(home) / ".trackhouse-init.lock"):
-        instance = dg.DagsterInstance.get()
+    home_path = Path(home).expanduser()
+    if not home_path.is_absolute():
+        raise UsageError(f"DAGSTER_HOME={home} is a relative path: set it to an absolute one, e.g. {Path.cwd() / home}, or unset it")
+    if home_path.exists() and not home_path.is_dir():
+        raise UsageError(f"DAGSTER_HOME={home} is not a folder: point it at a folder for Dagster's run history, or unset it")
+    home_path.mkdir(parents=True, exist_ok=True)
+    with file_lock(home_path / ".trackhouse-init.lock"):
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home_path), overrides=NO_COMPUTE_LOG_CAPTURE))
         instance.get_runs_count()  # run and event storage
         instance.all_instigator_state()  # schedule storage
     return instance

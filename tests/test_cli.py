@@ -427,6 +427,38 @@ def test_runs_starting_together_on_a_new_dagster_home_all_start(tmp_path):
             assert pool.map(open_instance_at, [(str(home), start)] * 3) == ["ok"] * 3
 
 
+def test_a_run_kept_in_dagster_home_starts_no_helper_process_a_ctrl_c_would_also_reach(logs, warehouse, tmp_path, monkeypatch):
+    # Dagster mirrored each step's output through `tail` and a Python watcher in the terminal's
+    # process group: Ctrl-C reached them too, and each watcher printed a traceback.
+    started, popen = [], subprocess.Popen
+
+    class RecordedPopen(popen):
+        def __init__(self, args, *rest, **options):
+            started.append(args)
+            super().__init__(args, *rest, **options)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordedPopen)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    assert [args for args in started if args[0] in ("tail", sys.executable)] == []  # (`uname -p` runs once and ends)
+    assert dagster_instance().get_runs_count() == 2  # the day and the models, kept for the UI
+
+
+@pytest.mark.parametrize(("home", "said"), [
+    ("relative/home", "is a relative path: set it to an absolute one"),
+    ("{tmp}/a-file", "is not a folder: point it at a folder"),
+], ids=["relative", "a file"])
+def test_a_dagster_home_dagster_cannot_use_is_a_one_line_usage_error(logs, warehouse, tmp_path, monkeypatch, capsys, home, said):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DAGSTER_HOME", home.format(tmp=tmp_path))
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
+    assert said in one_line_error(capsys)
+    assert not (tmp_path / "relative").exists()
+
+
 def test_the_summary_and_run_metadata_show_the_50_largest_event_tables_and_count_the_rest():
     # A day of 60 event names: `Viewed Product 1` … as some SDKs name them.
     rows = {f"viewed_product_{n:02d}": n for n in range(1, 61)}
