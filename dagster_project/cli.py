@@ -24,7 +24,7 @@ from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, Trackhous
 from etl.catalog import DATABASE_FILE, glob_literal, mart_views, shared_scratch_database
 from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
-from etl.read import DAY_FOLDER, list_days, skipped_folders
+from etl.read import DAY_FOLDER, OUT_OF_RANGE, is_day_out_of_range, list_days, readable_path, skipped_entries
 from etl.write import file_lock, loaded_days, read_manifest
 
 EXAMPLES = """examples:
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         return subparser
 
     run = command("run", "load received days (the Dagster partition assets), then print a summary per day")
-    run.add_argument("--logs", default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
+    run.add_argument("--logs", type=folder_path, default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
     add_day_options(run, "load")
     command("models", "refresh the SQL models (marts and warehouse.duckdb) over every loaded day")
     check = command("check", "rerun the asset checks of loaded days and of the models on the files as they are now, writing nothing")
@@ -94,13 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_day_options(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("--date", type=iso_date, help=f"{verb} only this received day, e.g. 2025-01-14")
-    parser.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, e.g. 2025-01-01")
-    parser.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, e.g. 2025-01-31")
+    parser.add_argument("--date", type=iso_date, help=f"{verb} only this received day, e.g. 2025-01-14 (not with --from/--to)")
+    parser.add_argument("--from", dest="start", type=iso_date, help="first received day of a range, included, e.g. 2025-01-01")
+    parser.add_argument("--to", dest="end", type=iso_date, help="last received day of a range, included, e.g. 2025-01-31")
+
+
+def folder_path(text: str) -> str:
+    """An empty path would mean the current folder: more likely an unset shell variable."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?) would mean the current folder: pass a folder")
+    return text
 
 
 def warehouse_path(text: str) -> str:
     """A path the catalog's views can glob (`glob_literal` refuses `wh\\x`), refused before any work."""
+    folder_path(text)
     try:
         glob_literal(Path(text))
     except ValueError as error:
@@ -127,7 +135,13 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
     if not logs.is_dir():
         problem = "is a file, not a folder" if logs.exists() else "does not exist"
         raise UsageError(f"logs folder {logs} {problem}: pass --logs DIR, a folder of YYYY-MM-DD day folders")
-    available = list_days(logs)
+    try:
+        available = list_days(logs)
+    except OSError as error:
+        raise UsageError(f"cannot read logs folder {logs} ({error.strerror}): give this user read access, or pass --logs DIR") from None
+    if date and date not in available and (logs / date).exists():
+        problem = OUT_OF_RANGE if is_day_out_of_range(date) else "a file, not a folder: put that day's log files in a folder with this name"
+        raise UsageError(f"{logs / date} is {problem}")
     if not available:
         if DAY_FOLDER.match(logs.name):
             raise UsageError(f"{logs} is a day folder itself: pass its parent, --logs {logs.parent}, with --date {logs.name}")
@@ -143,7 +157,10 @@ def days_in_range(
         raise UsageError(f"--date {date} and --from/--to both choose days: pass --date for one day or --from/--to for a range")
     if date:
         if date not in available:
-            raise UsageError(f"{no_such_day}: days available run from {available[0]} to {available[-1]}")
+            there = f"the only {kind[:-1]} is {available[0]}" if len(available) == 1 else (
+                f"the {len(available):,} {kind} go from {available[0]} to {available[-1]}"
+            )
+            raise UsageError(f"{no_such_day}: {there}")
         return [date]
     if start and end and start > end:
         raise UsageError(f"--from {start} is after --to {end}: swap them")
@@ -292,6 +309,15 @@ def repeated_failures(said: dict[tuple[str, str], list[str]]) -> Iterator[str]:
             yield f"check {check_name} failed the same way on {len(more)} more day(s): {listed}"
 
 
+def emit(text: str) -> None:
+    """Print a report on stdout; a reader that leaves early (`etl run | head -1`) does not turn a
+    completed run into a failure (the exit status still says whether checks failed)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails too otherwise
+
+
 def failed_checks_error(errors: list[str]) -> RuntimeError:
     return RuntimeError(f"{len(errors)} ERROR check(s) failed: {', '.join(errors)}; the output may be wrong, see the check lines above")
 
@@ -311,8 +337,11 @@ def format_reports(warehouse: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     config = configured(logs_root=args.logs, warehouse_root=args.warehouse)
     days = chosen_days(config.logs, args.date, args.start, args.end)
-    for folder in skipped_folders(config.logs):
-        print(f"skipped {folder}/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)", file=sys.stderr)
+    if config.warehouse == config.logs:
+        raise UsageError(f"--warehouse and --logs are both {config.logs}: keep the warehouse in a folder of its own, e.g. --warehouse {config.logs.parent / 'warehouse'}")
+    for path, advice in skipped_entries(config.logs):
+        if path.resolve() != config.warehouse:  # a warehouse kept inside the logs root is no logs
+            print(f"skipped {readable_path(path.name)}{'/' if path.is_dir() else ''}: {advice}", file=sys.stderr)
     ensure_writable(config.warehouse)
     load_asset = build_load_asset(received_days(config.logs))
     instance = dagster_instance()
@@ -321,11 +350,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"loading {day}", file=sys.stderr)
         errors += materialize(load_asset, config, instance, f"loading {day}", day)
         summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
+        if not summaries[-1].files:
+            print(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day", file=sys.stderr)
     print("refreshing the SQL models", file=sys.stderr)
     errors += materialize(sql_models, config, instance, "refreshing the models")
-    print(format_summaries(summaries))
-    print(f"\n{format_reports(config.warehouse)}")
-    print(f"\nwarehouse: {config.warehouse}  (DuckDB: {config.warehouse / DATABASE_FILE})")
+    emit(format_summaries(summaries))
+    emit(f"\n{format_reports(config.warehouse)}")
+    emit(f"\nwarehouse: {config.warehouse}  (DuckDB: {config.warehouse / DATABASE_FILE})")
     if errors:
         raise failed_checks_error(errors)
     return 0
@@ -337,7 +368,7 @@ def models(args: argparse.Namespace) -> int:
         raise UsageError(f"no tracks under {config.warehouse}: load days first with `etl run --warehouse {args.warehouse}`")
     ensure_writable(config.warehouse)  # a file, or read-only: said in one line before Dagster starts
     errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")
-    print(format_reports(config.warehouse))
+    emit(format_reports(config.warehouse))
     if errors:
         raise failed_checks_error(errors)
     return 0
@@ -379,7 +410,7 @@ def check(args: argparse.Namespace) -> int:
             if is_interrupt(error):
                 raise Interrupted(CHECK_INTERRUPTED) from None
             raise
-    print(f"{checked} checks on {len(days)} loaded day(s) from {days[0]} to {days[-1]} and the models: {len(errors)} ERROR check(s) failed")
+    emit(f"{checked} checks on {len(days)} loaded day(s) from {days[0]} to {days[-1]} and the models: {len(errors)} ERROR check(s) failed")
     if errors:
         raise failed_checks_error(errors)
     return 0

@@ -36,6 +36,8 @@ class TrackhouseConfig(dg.ConfigurableResource):
             warn_rate = float(rate)
         except ValueError:
             raise ValueError(f"TRACKHOUSE_QUARANTINE_WARN_RATE={rate!r} is not a number: set a fraction such as 0.05") from None
+        if not 0 <= warn_rate <= 1:  # NaN too: a check against it would never warn
+            raise ValueError(f"TRACKHOUSE_QUARANTINE_WARN_RATE={rate!r} is not a fraction from 0 to 1: set e.g. 0.05 for 5 %")
         settings = {
             "logs_root": os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS),
             "warehouse_root": os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),

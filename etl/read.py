@@ -90,6 +90,18 @@ class FileBreak:
     cut_line_length: int | None = None  # a cut-off line over MAX_LINE_BYTES: its length when the file broke
 
 
+NOT_A_DAY = "not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)"
+OUT_OF_RANGE = f"a day outside the {FIRST_DAY} … {LAST_DAY} that Dagster's daily partitions cover: check its year"
+
+
+def is_day_out_of_range(name: str) -> bool:
+    """A real `YYYY-MM-DD` date before FIRST_DAY or after LAST_DAY."""
+    try:
+        return bool(DAY_FOLDER.match(name)) and not FIRST_DAY <= dt.date.fromisoformat(name) <= LAST_DAY
+    except ValueError:
+        return False
+
+
 def is_day_folder(path: Path) -> bool:
     """A `YYYY-MM-DD` folder of a real date in FIRST_DAY … LAST_DAY: Dagster's daily partitions
     cannot reach year 1 or 9999, and take seconds a lookup near the year 3000, so a folder past
@@ -117,15 +129,23 @@ def readable_path(path: str) -> str:
     return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
-def skipped_folders(logs_root: Path) -> list[str]:
-    """Folders under the logs root that are not a day (`2025-02-30`, `2025-1-05`, `archive`):
-    their logs are never loaded, so a run names them rather than skip them in silence."""
+def skipped_entries(logs_root: Path) -> list[tuple[Path, str]]:
+    """What under the logs root holds logs a run never loads, each with what to do about it: a
+    folder that is not a day (`2025-02-30`, `archive`) or a day out of range, a log file outside any
+    day folder, a file named like a day. A run names them rather than skip them in silence."""
     if not logs_root.is_dir():
         return []
-    return sorted(
-        readable_path(p.name) for p in logs_root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and not is_day_folder(p)
-    )
+    skipped = []
+    for path in sorted(logs_root.iterdir(), key=lambda p: readable_path(p.name)):
+        if path.name.startswith(".") or is_day_folder(path):
+            continue
+        if path.is_dir():
+            skipped.append((path, OUT_OF_RANGE if is_day_out_of_range(path.name) else NOT_A_DAY))
+        elif is_log_file(path):
+            skipped.append((path, "a log file outside any day folder: move it into the folder of the day it was received"))
+        elif DAY_FOLDER.match(path.name):
+            skipped.append((path, "a file, not a folder: put that day's log files in a folder with this name"))
+    return skipped
 
 
 def is_log_file(path: Path) -> bool:

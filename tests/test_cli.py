@@ -71,6 +71,9 @@ def one_line_error(capsys) -> str:
         (["--date", "2025-13-01"], "is not a date: use YYYY-MM-DD"),
         (["--date", "20250114"], "is not a date: use YYYY-MM-DD"),
         (["--date", "2025-01-20"], "no folder"),
+        (["--date", "2025-01-20"], "the only day folder is 2025-01-14"),
+        (["--warehouse", ""], "--warehouse: an empty path (an unset shell variable?) would mean the current folder"),
+        (["--logs", ""], "--logs: an empty path (an unset shell variable?) would mean the current folder"),
         (["--from", "2025-01-15", "--to", "2025-01-01"], "swap them"),
         (["--from", "2026-01-01"], "no day folders between"),
         (["--date", "2025-01-14", "--to", "2025-01-14"], "pass --date for one day or --from/--to for a range"),
@@ -82,6 +85,72 @@ def test_usage_errors_exit_2_with_one_line(logs, warehouse, capsys, args, expect
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     assert run("--logs", str(logs), "--warehouse", str(warehouse), *args) == 2
     assert expected in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    (lambda logs: (logs / "2025-01-20").write_text(""), "2025-01-20 is a file, not a folder"),
+    (lambda logs: (logs / "1899-12-31").mkdir(), "1899-12-31 is a day outside the 1900-01-01 … 2199-12-31"),
+], ids=["a file", "out of range"])
+def test_a_date_whose_entry_exists_but_is_no_day_folder_says_what_it_is(logs, warehouse, capsys, make, said):
+    # "no folder" for a folder that is there sent the user looking for the wrong problem.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    make(logs)
+    date = said.split(" ")[0]
+    assert run("--logs", str(logs), "--warehouse", str(warehouse), "--date", date) == 2
+    assert said in one_line_error(capsys)
+
+
+def test_a_missing_date_among_several_days_is_not_said_to_lie_between_them(logs, warehouse, capsys):
+    for day in ("2025-01-13", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse), "--date", "2025-01-14") == 2
+    assert one_line_error(capsys).endswith("no folder " + str(logs / "2025-01-14") + ": the 2 day folders go from 2025-01-13 to 2025-01-15")
+
+
+def test_a_warehouse_that_is_the_logs_root_is_refused_before_anything_is_written(logs, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(logs)) == 2
+    assert "keep the warehouse in a folder of its own" in one_line_error(capsys)
+    assert sorted(p.name for p in logs.iterdir()) == ["2025-01-14"]
+
+
+def test_a_warehouse_inside_the_logs_root_is_not_named_as_a_skipped_folder(logs, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(logs / "warehouse")) == 0
+    assert run("--logs", str(logs), "--warehouse", str(logs / "warehouse")) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped ")]
+
+
+def test_a_day_folder_without_log_files_loads_empty_and_says_so(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    (logs / "2025-01-15").mkdir()
+    (logs / "2025-01-15" / "a.ndjson.bak").write_text("")
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    assert "  2025-01-15/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day" in capsys.readouterr().err.splitlines()
+
+
+def test_a_reader_leaving_early_leaves_a_completed_run_exit_0(logs, warehouse):
+    # `etl run | head -1`: the summary's reader is gone once the run is complete, which a
+    # BrokenPipeError made exit 1, "unexpected".
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    command = [sys.executable, "-c", "import sys; from dagster_project.cli import main; sys.exit(main())"]
+    process = subprocess.Popen([*command, "run", "--logs", str(logs), "--warehouse", str(warehouse)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.communicate()[1].decode()
+    assert process.returncode == 0, stderr
+    assert "Error" not in stderr and query(warehouse, "select count(*) from tracks") == [(1,)]
+
+
+def test_a_logs_folder_this_user_cannot_read_is_a_usage_error(logs, warehouse, capsys, monkeypatch):
+    # Simulated: root, as tests may run, reads any folder.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+
+    def refused(root: Path) -> list[str]:
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(cli, "list_days", refused)
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
+    assert one_line_error(capsys) == f"etl: cannot read logs folder {logs} (Permission denied): give this user read access, or pass --logs DIR"
 
 
 def test_missing_logs_folder_exits_2(tmp_path, capsys):
@@ -487,3 +556,7 @@ def test_the_quarantine_warning_rate_comes_from_the_environment_as_in_dagster(lo
     monkeypatch.setenv("TRACKHOUSE_QUARANTINE_WARN_RATE", "five percent")
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
     assert "is not a number: set a fraction such as 0.05" in one_line_error(capsys)
+    for rate in ("5", "-0.1", "nan"):  # 5 read as 500 %, and NaN, never warned
+        monkeypatch.setenv("TRACKHOUSE_QUARANTINE_WARN_RATE", rate)
+        assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
+        assert "is not a fraction from 0 to 1: set e.g. 0.05 for 5 %" in one_line_error(capsys)

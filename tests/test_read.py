@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 import etl.read
 from etl.read import (
-    FileBreak, FileLines, LineChunk, LongLine, coalesced, list_day_files, list_days, read_chunks, skipped_folders,
+    FileBreak, FileLines, LineChunk, LongLine, coalesced, list_day_files, list_days, read_chunks, readable_path, skipped_entries,
 )
 
 LINES = [b'{"event":"A","userId":"u"}', b"", b'{"event":"B","userId":"\xc3\xa9"}', b"not json", b"  "]
@@ -240,7 +240,11 @@ def test_days_are_only_valid_date_folders_in_ascending_order(tmp_path):
 
 def test_a_skipped_folder_whose_name_is_not_utf8_is_named_with_escaped_bytes(tmp_path):
     os.mkdir(os.fsencode(tmp_path) + b"/archiv\xe9")
-    assert skipped_folders(tmp_path) == ["archiv\\xe9"]
+    assert skipped_names(tmp_path) == ["archiv\\xe9"]
+
+
+def skipped_names(logs_root: Path) -> list[str]:
+    return [readable_path(path.name) for path, _ in skipped_entries(logs_root)]
 
 
 def test_missing_logs_root_has_no_days(tmp_path):
@@ -262,7 +266,21 @@ def test_a_day_folder_outside_1900_to_2199_is_skipped_and_named(tmp_path):
     for name in ("1899-12-31", "1900-01-01", "2199-12-31", "2200-01-01", "9999-12-31"):
         (tmp_path / name).mkdir()
     assert list_days(tmp_path) == ["1900-01-01", "2199-12-31"]
-    assert skipped_folders(tmp_path) == ["1899-12-31", "2200-01-01", "9999-12-31"]
+    assert [(path.name, advice) for path, advice in skipped_entries(tmp_path)] == [
+        (name, etl.read.OUT_OF_RANGE) for name in ("1899-12-31", "2200-01-01", "9999-12-31")
+    ]
+
+
+def test_a_log_file_or_a_day_named_file_directly_under_the_logs_root_is_skipped_and_named(tmp_path):
+    # Neither is loaded: a run that passed them over in silence lost their logs without a word.
+    write(tmp_path / "mobile.ndjson.gz", b"")
+    write(tmp_path / "2025-01-14", b"")
+    write(tmp_path / "README.txt", b"")
+    (tmp_path / "2025-01-15").mkdir()
+    skipped = dict((path.name, advice) for path, advice in skipped_entries(tmp_path))
+    assert skipped.keys() == {"mobile.ndjson.gz", "2025-01-14"}
+    assert skipped["mobile.ndjson.gz"].startswith("a log file outside any day folder")
+    assert skipped["2025-01-14"].startswith("a file, not a folder")
 
 
 def test_a_chunk_of_tiny_lines_ends_after_about_chunk_lines_lines(tmp_path, monkeypatch):
