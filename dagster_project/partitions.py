@@ -19,7 +19,12 @@ FALLBACK_START = "2024-01-01"
 
 
 def received_days(logs_root: Path) -> dg.DailyPartitionsDefinition:
-    days = list_days(logs_root)
+    try:
+        days = list_days(logs_root)
+    except OSError as error:  # said in one line where the code location fails to load
+        raise RuntimeError(
+            f"cannot read the logs root {logs_root} ({error.strerror}): give this user read access, or set TRACKHOUSE_LOGS to another folder"
+        ) from None
     today = dt.datetime.now(dt.UTC).date()
     days_after_today = (dt.date.fromisoformat(days[-1]) - today).days if days else 0
     return dg.DailyPartitionsDefinition(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 
+import pytest
 from conftest import materialize_day, track, write_log
 
+from dagster_project import partitions
 from dagster_project.partitions import received_days
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
@@ -22,6 +24,16 @@ def test_partitions_start_at_the_earliest_day_folder_and_run_to_today(logs):
     (logs / "2024-07-01").mkdir()
     keys = received_days(logs).get_partition_keys()
     assert keys[0] == "2024-03-05" and keys[-1] == dt.datetime.now(dt.UTC).date().isoformat()
+
+
+def test_a_logs_root_the_code_location_cannot_read_is_said_in_one_line(logs, monkeypatch):
+    # A PermissionError's traceback was all the Dagster UI showed of it.
+    def refused(root):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(partitions, "list_days", refused)
+    with pytest.raises(RuntimeError, match=r"^cannot read the logs root .* \(Permission denied\): give this user read access, or set TRACKHOUSE_LOGS"):
+        received_days(logs)
 
 
 def test_a_day_folder_dated_after_today_is_a_partition_that_loads(logs, warehouse):
