@@ -55,8 +55,14 @@ def shared_scratch_database() -> Iterator[None]:
     try:
         yield
     finally:
-        _scratch.database.close()
+        close_quietly(_scratch.database)
         _scratch.database = None
+
+
+def close_quietly(database: duckdb.DuckDBPyConnection) -> None:
+    """Close a database that may have been invalidated, without hiding the error that did it."""
+    with contextlib.suppress(duckdb.Error):
+        database.close()
 
 
 @contextlib.contextmanager
@@ -71,7 +77,7 @@ def scratch_cursor() -> Iterator[duckdb.DuckDBPyConnection]:
             yield connection
         except duckdb.FatalException:
             if database is not None and _scratch.database is database:
-                database.close()
+                close_quietly(database)
                 _scratch.database = duckdb.connect()
             raise
 
