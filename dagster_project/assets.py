@@ -1,10 +1,14 @@
 """The partitioned load: one received day of logs → `tracks`, `quarantine`, event tables, `discards`."""
 
+import contextlib
+import logging
+from collections.abc import Iterator
 
 import dagster as dg
 
 from dagster_project.checks import partition_check_results, partition_check_specs
 from dagster_project.resources import TrackhouseConfig
+from etl import LOGGER
 from etl.catalog import refresh_catalog
 from etl.pipeline import load_day
 from etl.write import partition_dir
@@ -29,6 +33,32 @@ def counts_table(label: str, counts: dict[str, int]) -> str:
     return f"| {label} | rows |\n|---|---|\n" + ("\n".join(rows) or "| (none) | 0 |")
 
 
+class ToRunLog(logging.Handler):
+    def __init__(self, run_log: dg.DagsterLogManager) -> None:
+        super().__init__()
+        self.run_log = run_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.run_log.log(record.levelno, record.getMessage())
+
+
+@contextlib.contextmanager
+def trackhouse_logs_in_run_log(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """The contract names ignored and unreadable files "in the run's log". Dagster takes the
+    `trackhouse` logger's records into it only when the instance's dagster.yaml lists that logger
+    under `managed_python_loggers` (the project's does, a user's DAGSTER_HOME may not): otherwise
+    they are handed over here."""
+    if LOGGER in context.instance.managed_python_loggers:
+        yield
+        return
+    logger, handler = logging.getLogger(LOGGER), ToRunLog(context.log)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="received_day",
@@ -43,8 +73,9 @@ def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
     )
     def received_day(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
         day = context.partition_key
-        summary = load_day(trackhouse.logs, trackhouse.warehouse, day)
-        refresh_catalog(trackhouse.warehouse)
+        with trackhouse_logs_in_run_log(context):
+            summary = load_day(trackhouse.logs, trackhouse.warehouse, day)
+            refresh_catalog(trackhouse.warehouse)
         context.log.info(f"{day}: {summary.lines} lines, {summary.accepted} accepted, {summary.quarantined} quarantined")
         yield dg.MaterializeResult(
             asset_key="tracks",

@@ -21,6 +21,7 @@ from dagster_project.launch import said_unexpected
 from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
+from etl import LOGGER
 from etl.catalog import DATABASE_FILE, glob_literal, mart_views, shared_scratch_database
 from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
@@ -421,7 +422,7 @@ COMMANDS = {"run": run, "models": models, "check": check}
 
 def show_progress() -> None:
     """Print the pipeline's per-file progress and warnings to stderr, once per process."""
-    logger = logging.getLogger("trackhouse")
+    logger = logging.getLogger(LOGGER)
     logger.handlers = [h for h in logger.handlers if not getattr(h, "trackhouse_cli", False)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("  %(message)s"))

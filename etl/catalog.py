@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,10 +21,13 @@ from pathlib import Path
 
 import duckdb
 
+from etl import LOGGER
 from etl.events import EVENT_LEADING_COLUMNS, EVENT_PROVENANCE_COLUMNS
 from etl.names import is_context_column
 from etl.registry import Column, read_registry
 from etl.write import writer_lock
+
+log = logging.getLogger(LOGGER)
 
 DATABASE_FILE = "warehouse.duckdb"
 # The file holds only views, so it is written in the oldest storage format DuckDB 1.x reads:
@@ -353,7 +357,18 @@ def as_built(fingerprint: str, database: Path) -> str:
     return f"{fingerprint} {stat.st_size} {stat.st_mtime_ns}"
 
 
-def refresh_catalog(warehouse: Path) -> Path:
-    """`rebuild_catalog` under the writer lock: what a partition run calls after publishing."""
+def refresh_catalog(warehouse: Path) -> None:
+    """`rebuild_catalog` under the writer lock: what a partition run calls after publishing. Its
+    day is loaded whatever happens here, so a rebuild that cannot read some file (another day's,
+    damaged) is a warning, not a failure of a day already published, and of every later day of a
+    backfill; the last catalog stays, and the model refresh, which must read every file, fails."""
     with writer_lock(warehouse):
-        return rebuild_catalog(warehouse)
+        try:
+            rebuild_catalog(warehouse)
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as error:
+            log.warning(
+                f"{DATABASE_FILE} was not rebuilt after this load ({str(error).splitlines()[0]}): "
+                "rerun the day of the file it names, then `etl models`"
+            )

@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from etl import LOGGER
 from etl.dedupe import SeenMessageIds
 from etl.events import EventProperties, EventTables, PropertyGatherer, empty_discards, event_tables, gather_properties
 from etl.names import event_table_name, is_context_column
@@ -42,7 +43,7 @@ from etl.validate import (
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter, read_manifest
 
-log = logging.getLogger("trackhouse")
+log = logging.getLogger(LOGGER)
 
 TRACKS = "tracks"
 QUARANTINE = "quarantine"

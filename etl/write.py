@@ -23,7 +23,9 @@ from pathlib import Path
 
 import polars as pl
 
-log = logging.getLogger("trackhouse")
+from etl import LOGGER
+
+log = logging.getLogger(LOGGER)
 
 STAGING = ".staging"
 ROWS_PER_PART = 100_000

@@ -126,6 +126,34 @@ def test_quarantine_rate_check_warns_through_dagster(logs, warehouse):
     assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
 
 
+def test_ignored_and_unreadable_files_are_named_in_the_runs_log_on_any_dagster_instance(logs, warehouse):
+    # The contract names them "in the run's log"; Dagster took the `trackhouse` logger's records
+    # only on an instance whose dagster.yaml manages that logger (the project's), not a user's.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    (logs / "2025-01-14" / "README.txt").write_text("notes")
+    (logs / "2025-01-14" / "b.ndjson.gz").write_bytes(b"not gzip")
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    instance = dg.DagsterInstance.ephemeral()
+    assert instance.managed_python_loggers == []
+    result = dg.materialize([build_load_asset(received_days(logs))], partition_key="2025-01-14", resources={"trackhouse": config}, instance=instance)
+    said = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("ignored 2025-01-14/README.txt" in message for message in said)
+    assert any("2025-01-14/b.ndjson.gz: unreadable from line 1" in message for message in said)
+
+
+def test_a_damaged_file_of_another_day_fails_no_days_load_in_dagster(logs, warehouse):
+    # The load refreshes the catalog after publishing its day: that failed on another day's
+    # damaged footer, so Dagster recorded a published day as failed, checks and all unrun.
+    two_days(logs)
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    assert materialize_day(config, "2025-01-14").success
+    for part in (warehouse / "events").glob("*/received_date=2025-01-14/*.parquet"):
+        part.write_bytes(part.read_bytes()[:100])
+    result = materialize_day(config, "2025-01-15")
+    assert result.success
+    assert {e.check_name for e in result.get_asset_check_evaluations() if not e.passed} <= {"quarantine_rate"}
+
+
 def test_a_day_with_no_folder_loads_as_an_empty_partition(logs, warehouse):
     two_days(logs)
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))

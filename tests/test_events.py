@@ -576,6 +576,18 @@ def test_a_catalog_refresh_reads_only_the_footers_of_folders_changed_since_the_l
     assert scanned == []
 
 
+def test_a_damaged_event_file_of_one_day_fails_no_other_days_load_and_is_named(logs, warehouse, caplog):
+    # A partition run refreshes the catalog after publishing: it failed on another day's damaged
+    # footer, so Dagster recorded a failure for a day already published, and so on for every day after.
+    load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
+    (part,) = partition_dir(warehouse / "events", "a", DAY).glob("*.parquet")
+    part.write_bytes(part.read_bytes()[:100])
+    load(logs, warehouse, {"2025-01-16": [track("A", properties={"n": 2})]})
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "was not rebuilt" in r.getMessage()]
+    assert said and part.name in said[0] and said[0].endswith("rerun the day of the file it names, then `etl models`")
+    assert query(warehouse, "select count(*) from tracks") == [(2,)]
+
+
 def test_the_footer_cache_skips_a_file_named_like_a_day_folder_and_a_folder_named_like_a_part(logs, warehouse):
     load(logs, warehouse, {DAY: [track("A", properties={"n": 1})]})
     (warehouse / "events" / "a" / "received_date=notes.txt").write_text("left here by hand")
