@@ -13,6 +13,7 @@ from etl.write import day_lock
 
 PARTITION_CHECKS = {
     "conservation": ("tracks", dg.AssetCheckSeverity.ERROR, "each message read is exactly one row of tracks or quarantine, as the run counted"),
+    "files_match_load": ("tracks", dg.AssetCheckSeverity.ERROR, "the day's Parquet files are byte for byte those its load wrote"),
     "unique_message_id": ("tracks", dg.AssetCheckSeverity.ERROR, "no message_id twice in the partition"),
     "schema_matches_contract": ("tracks", dg.AssetCheckSeverity.ERROR, "tracks and quarantine columns and types match the contract"),
     "quarantine_rate": ("quarantine", dg.AssetCheckSeverity.WARN, "share of quarantined messages under the configured threshold"),
@@ -39,6 +40,7 @@ def partition_check_results(warehouse: Path, day: str, quarantine_warn_rate: flo
 def day_check_results(warehouse: Path, day: str, quarantine_warn_rate: float) -> Iterator[dg.AssetCheckResult]:
     outcomes = {
         "conservation": checks.conservation(warehouse, day),
+        "files_match_load": checks.files_match_load(warehouse, day),
         "unique_message_id": checks.unique_message_id(warehouse, day),
         "schema_matches_contract": checks.schema_matches_contract(warehouse, day),
         "quarantine_rate": checks.quarantine_rate(warehouse, day, quarantine_warn_rate),

@@ -21,7 +21,7 @@ from etl.names import is_context_column
 from etl.normalize import QUARANTINE_SCHEMA, TRACKS_STANDARD_SCHEMA, TRACKS_TRAILING_SCHEMA
 from etl.models import model_names, modelled_days
 from etl.registry import MAX_PROPERTY_COLUMNS, UnreadableRegistry, read_registry
-from etl.write import partition_dir, read_manifest
+from etl.write import file_sha256, partition_dir, read_manifest
 
 DEFAULT_QUARANTINE_WARN_RATE = 0.05
 SHOWN_PROBLEMS = 5
@@ -217,6 +217,30 @@ def event_partition_files(warehouse: Path, day: str) -> dict[str, list[Path]]:
     folder = warehouse / "events"
     tables = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     return {t.name: files for t in tables if (files := parquet_files(warehouse, f"events/{t.name}", day))}
+
+
+def day_parquet_files(warehouse: Path, day: str) -> dict[str, Path]:
+    """Every Parquet file in the day's partition folders, by its path under the warehouse."""
+    files = [f for table in ("tracks", "quarantine", "discards") for f in parquet_files(warehouse, table, day)]
+    files += [f for event_files in event_partition_files(warehouse, day).values() for f in event_files]
+    return {f.relative_to(warehouse).as_posix(): f for f in files}
+
+
+@failing_instead_of_raising
+def files_match_load(warehouse: Path, day: str) -> CheckOutcome:
+    """The day's Parquet files are the ones its load wrote, byte for byte (their SHA-256 in the
+    manifest): an edit that leaves a file readable, in a column no other check reads, shows here."""
+    written = published_manifest(warehouse, day).get("parquet_sha256")
+    if written is None:
+        return CheckOutcome(True, "no digests recorded: loaded by a trackhouse that kept none; rerun the day to record them", {"files": 0})
+    present = day_parquet_files(warehouse, day)
+    problems = [f"{name} is missing" for name in sorted(written.keys() - present.keys())]
+    problems += [f"{name} changed" for name in sorted(written.keys() & present.keys()) if file_sha256(present[name]) != written[name]]
+    problems += [f"{name} was not written by the load" for name in sorted(present.keys() - written.keys())]
+    if not problems:
+        return CheckOutcome(True, f"{len(written)} files as the load wrote them", {"files": len(written)})
+    shown = "; ".join(problems[:SHOWN_PROBLEMS]) + (f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else "")
+    return CheckOutcome(False, f"{shown}: {rewrite_advice(warehouse, day)}", {"files": len(written), "problems": len(problems)})
 
 
 def footer_rows_by_event(files: list[Path]) -> dict[str, int]:

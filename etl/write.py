@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -153,6 +154,7 @@ class PartitionWriter:
         self.buffered_rows: dict[str, int] = {}
         self.buffered_bytes: dict[str, int] = {}
         self.columns: dict[str, dict[str, pl.DataType]] = {}
+        self.sha256: dict[str, str] = {}  # every file written, by its path under the warehouse
 
     def __enter__(self) -> "PartitionWriter":
         return self
@@ -174,6 +176,7 @@ class PartitionWriter:
         self.parts[table] = number + 1
         path = folder / f"part-{self.run_token}-{number:05d}.parquet"
         frame.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+        self.sha256[path.relative_to(self.staging).as_posix()] = file_sha256(path)  # read back while cached
         return path
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
@@ -235,6 +238,11 @@ class PartitionWriter:
             for table in retired_tables:
                 if table not in self.parts:
                     shutil.rmtree(partition_dir(self.warehouse, table, self.day), ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def read_manifest(warehouse: Path, day: str) -> dict | None:

@@ -42,6 +42,39 @@ def rewrite(part: Path, change) -> None:
     change(pl.read_parquet(part)).write_parquet(part)
 
 
+def test_files_match_load_fails_on_an_edit_no_other_check_reads(logs, warehouse):
+    # A value changed where no count, id or schema shows it (here `properties`): every other
+    # check passed it, and the model refresh read the edited value.
+    loaded_day(logs, warehouse)
+    (part,) = parts(warehouse, "tracks")
+    rewrite(part, lambda rows: rows.with_columns(properties=pl.lit('{"n":2}')))
+    results = {r.check_name: r for r in partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE)}
+    assert [name for name, r in results.items() if not r.passed] == ["files_match_load"]
+    name = part.relative_to(warehouse).as_posix()
+    assert results["files_match_load"].description == f"{name} changed: rerun the day (`etl run --date {DAY}`) to rewrite its files"
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    (lambda part: part.unlink(), "is missing"),
+    (lambda part: part.with_name("copy.parquet").write_bytes(part.read_bytes()), "was not written by the load"),
+], ids=["a file gone", "a file added"])
+def test_files_match_load_fails_on_a_file_gone_or_added(logs, warehouse, change, said):
+    loaded_day(logs, warehouse)
+    assert checks.files_match_load(warehouse, DAY).passed
+    (part,) = parts(warehouse, "discards")
+    change(part)
+    outcome = checks.files_match_load(warehouse, DAY)
+    assert not outcome.passed and said in outcome.description and outcome.metadata["problems"] == 1
+
+
+def test_files_match_load_passes_a_day_loaded_before_digests_were_kept_saying_so(logs, warehouse):
+    loaded_day(logs, warehouse)
+    manifest = partition_dir(warehouse, "manifests", DAY) / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"parquet_sha256"', '"an_older_key"'))
+    outcome = checks.files_match_load(warehouse, DAY)
+    assert outcome.passed and outcome.description.startswith("no digests recorded")
+
+
 def test_conservation_fails_when_a_lost_quarantine_row_is_replaced_by_a_copy_of_another(logs, warehouse):
     day_with_quarantine(logs, warehouse)
     assert checks.conservation(warehouse, DAY).passed

@@ -99,7 +99,7 @@ def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
         assert result.success
         evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert evaluations == {
-            "conservation": True, "unique_message_id": True, "schema_matches_contract": True,
+            "conservation": True, "files_match_load": True, "unique_message_id": True, "schema_matches_contract": True,
             "quarantine_rate": quarantined == 0, "event_rows_match_tracks": True,
             "registry_matches_parquet": True, "columns_within_cap": True, "discards_point_to_messages": True,
         }
