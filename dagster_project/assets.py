@@ -39,16 +39,19 @@ class ToRunLog(logging.Handler):
         self.run_log = run_log
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.run_log.log(record.levelno, record.getMessage())
+        try:
+            self.run_log.log(record.levelno, record.getMessage())
+        except Exception:  # noqa: BLE001 - a log event Dagster could not store must not fail the load
+            self.handleError(record)
 
 
 @contextlib.contextmanager
 def trackhouse_logs_in_run_log(context: dg.AssetExecutionContext) -> Iterator[None]:
     """The contract names ignored and unreadable files "in the run's log". Dagster takes the
     `trackhouse` logger's records into it only when the instance's dagster.yaml lists that logger
-    under `managed_python_loggers` (the project's does, a user's DAGSTER_HOME may not): otherwise
-    they are handed over here."""
-    if LOGGER in context.instance.managed_python_loggers:
+    under `managed_python_loggers` (the project's does, a user's DAGSTER_HOME may not), or `root`,
+    which its records reach too: otherwise they are handed over here."""
+    if {LOGGER, "root"} & set(context.instance.managed_python_loggers):
         yield
         return
     logger, handler = logging.getLogger(LOGGER), ToRunLog(context.log)

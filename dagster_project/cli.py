@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import TextIO
 from pathlib import Path
 
 import dagster as dg
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         return subparser
 
     run = command("run", "load received days (the Dagster partition assets), then print a summary per day")
-    run.add_argument("--logs", type=folder_path, default=os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS), help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
+    run.add_argument("--logs", type=folder_path, default=os.environ.get("TRACKHOUSE_LOGS") or DEFAULT_LOGS, help="logs root with YYYY-MM-DD day folders (default: %(default)s)")
     add_day_options(run, "load")
     command("models", "refresh the SQL models (marts and warehouse.duckdb) over every loaded day")
     check = command("check", "rerun the asset checks of loaded days and of the models on the files as they are now, writing nothing")
@@ -119,7 +120,7 @@ def warehouse_path(text: str) -> str:
 
 def add_warehouse_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--warehouse", type=warehouse_path, default=os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
+        "--warehouse", type=warehouse_path, default=os.environ.get("TRACKHOUSE_WAREHOUSE") or DEFAULT_WAREHOUSE,
         help="warehouse root (default: %(default)s)",
     )
 
@@ -257,7 +258,7 @@ def failure_cause(result: dg.ExecuteInProcessResult) -> str | None:
     if not errors:
         return None
     if os.environ.get("TRACKHOUSE_DEBUG"):
-        print(errors[0].to_string(), file=sys.stderr)
+        emit(errors[0].to_string(), sys.stderr)
     cause = errors[0].cause or errors[0]
     detail = (cause.message.strip().splitlines() or [""])[0].partition(": ")[2]
     return f"{cause.cls_name}: {detail}" if detail else cause.cls_name
@@ -291,7 +292,7 @@ def reported_failures(evaluations: list, day: str | None, said: dict[tuple[str, 
             name = f"{check.check_name} ({check.asset_key.to_user_string()}{', ' + day if day else ''})"
             days = said.setdefault((check.check_name, check.description), []) if said is not None else []
             if not days:
-                print(f"check {name} failed, {check.severity.value}: {check.description}", file=sys.stderr)
+                emit(f"check {name} failed, {check.severity.value}: {check.description}", sys.stderr)
             days.append(day)
             if check.severity == dg.AssetCheckSeverity.ERROR:
                 errors.append(name)
@@ -310,13 +311,15 @@ def repeated_failures(said: dict[tuple[str, str], list[str]]) -> Iterator[str]:
             yield f"check {check_name} failed the same way on {len(more)} more day(s): {listed}"
 
 
-def emit(text: str) -> None:
-    """Print a report on stdout; a reader that leaves early (`etl run | head -1`) does not turn a
-    completed run into a failure (the exit status still says whether checks failed)."""
+def emit(text: str, stream: TextIO | None = None) -> None:
+    """Print to stdout (or `stream`); a reader that leaves early (`etl run | head -1`, or
+    `2>&1 | head`) neither stops the run nor turns it into a failure: the exit status still says
+    whether checks failed."""
+    stream = stream or sys.stdout
     try:
-        print(text, flush=True)
+        print(text, file=stream, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails too otherwise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # Python's flush at exit fails too otherwise
 
 
 def failed_checks_error(errors: list[str]) -> RuntimeError:
@@ -342,18 +345,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--warehouse and --logs are both {config.logs}: keep the warehouse in a folder of its own, e.g. --warehouse {config.logs.parent / 'warehouse'}")
     for path, advice in skipped_entries(config.logs):
         if path.resolve() != config.warehouse:  # a warehouse kept inside the logs root is no logs
-            print(f"skipped {readable_path(path.name)}{'/' if path.is_dir() else ''}: {advice}", file=sys.stderr)
+            emit(f"skipped {readable_path(path.name)}{'/' if path.is_dir() else ''}: {advice}", sys.stderr)
     ensure_writable(config.warehouse)
     load_asset = build_load_asset(received_days(config.logs))
     instance = dagster_instance()
     summaries, errors = [], []
     for day in days:
-        print(f"loading {day}", file=sys.stderr)
+        emit(f"loading {day}", sys.stderr)
         errors += materialize(load_asset, config, instance, f"loading {day}", day)
         summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
         if not summaries[-1].files:
-            print(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day", file=sys.stderr)
-    print("refreshing the SQL models", file=sys.stderr)
+            emit(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day", sys.stderr)
+    emit("refreshing the SQL models", sys.stderr)
     errors += materialize(sql_models, config, instance, "refreshing the models")
     emit(format_summaries(summaries))
     emit(f"\n{format_reports(config.warehouse)}")
@@ -396,10 +399,10 @@ def check(args: argparse.Namespace) -> int:
                     checked += len(results)
             finally:  # an interrupt on a later day still lists the days an earlier failure repeated on
                 for line in repeated_failures(said):
-                    print(line, file=sys.stderr)
+                    emit(line, sys.stderr)
             missing = missing_marts(mart_views(config.warehouse))
             if missing:  # said once, not by each model check
-                print(f"models not checked: {missing_marts_message(config.warehouse, missing)}", file=sys.stderr)
+                emit(f"models not checked: {missing_marts_message(config.warehouse, missing)}", sys.stderr)
                 errors.append("the models (marts missing)")
             else:
                 results = model_check_results(config.warehouse)
@@ -437,16 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as error:
-        print(f"etl: {error}", file=sys.stderr)
+        emit(f"etl: {error}", sys.stderr)
         return 2
     except Interrupted as error:
-        print(f"etl: {error}", file=sys.stderr)
+        emit(f"etl: {error}", sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"etl: {INTERRUPTED.format(what='running')}", file=sys.stderr)
+        emit(f"etl: {INTERRUPTED.format(what='running')}", sys.stderr)
         return 130
     except RuntimeError as error:
-        print(f"etl: {error}", file=sys.stderr)
+        emit(f"etl: {error}", sys.stderr)
         return 1
     except Exception as error:
         return said_unexpected(error, "unexpected")

@@ -31,7 +31,9 @@ class TrackhouseConfig(dg.ConfigurableResource):
     @classmethod
     def from_env(cls, **overrides: str) -> "TrackhouseConfig":
         """The environment's settings, with `overrides` (the CLI's options) taking precedence."""
-        rate = os.environ.get("TRACKHOUSE_QUARANTINE_WARN_RATE", str(DEFAULT_QUARANTINE_WARN_RATE))
+        # A variable set empty (`TRACKHOUSE_LOGS=`) is unset, as shells and users mean it: an empty
+        # path would be the current folder.
+        rate = os.environ.get("TRACKHOUSE_QUARANTINE_WARN_RATE") or str(DEFAULT_QUARANTINE_WARN_RATE)
         try:
             warn_rate = float(rate)
         except ValueError:
@@ -39,8 +41,8 @@ class TrackhouseConfig(dg.ConfigurableResource):
         if not 0 <= warn_rate <= 1:  # NaN too: a check against it would never warn
             raise ValueError(f"TRACKHOUSE_QUARANTINE_WARN_RATE={rate!r} is not a fraction from 0 to 1: set e.g. 0.05 for 5 %")
         settings = {
-            "logs_root": os.environ.get("TRACKHOUSE_LOGS", DEFAULT_LOGS),
-            "warehouse_root": os.environ.get("TRACKHOUSE_WAREHOUSE", DEFAULT_WAREHOUSE),
+            "logs_root": os.environ.get("TRACKHOUSE_LOGS") or DEFAULT_LOGS,
+            "warehouse_root": os.environ.get("TRACKHOUSE_WAREHOUSE") or DEFAULT_WAREHOUSE,
             "quarantine_warn_rate": warn_rate,
         }
         return cls(**{**settings, **overrides})

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -76,14 +77,16 @@ def scratch_cursor() -> Iterator[duckdb.DuckDBPyConnection]:
     of its own. A fatal error invalidates a DuckDB database for good, so the shared one is then
     replaced: the query that hit it fails, the ones after it run as if it had not."""
     database = getattr(_scratch, "database", None)
-    with (database.cursor() if database is not None else duckdb.connect()) as connection:
-        try:
-            yield connection
-        except duckdb.FatalException:
-            if database is not None and _scratch.database is database:
-                close_quietly(database)
-                _scratch.database = duckdb.connect()
-            raise
+    connection = database.cursor() if database is not None else duckdb.connect()
+    try:
+        yield connection
+    except duckdb.FatalException:
+        if database is not None and _scratch.database is database:
+            close_quietly(database)
+            _scratch.database = duckdb.connect()
+        raise
+    finally:
+        close_quietly(connection)
 
 
 def scratch_rows(sql: str) -> list[tuple]:
@@ -359,16 +362,35 @@ def as_built(fingerprint: str, database: Path) -> str:
 
 def refresh_catalog(warehouse: Path) -> None:
     """`rebuild_catalog` under the writer lock: what a partition run calls after publishing. Its
-    day is loaded whatever happens here, so a rebuild that cannot read some file (another day's,
-    damaged) is a warning, not a failure of a day already published, and of every later day of a
-    backfill; the last catalog stays, and the model refresh, which must read every file, fails."""
+    day is loaded whatever happens here, so a rebuild that cannot read one of the warehouse's
+    Parquet files (another day's, damaged) is a warning saying what rewrites it, not a failure of
+    a day already published, and of every later day of a backfill; the last catalog stays. Any
+    other error (a full disk) fails the run as before."""
     with writer_lock(warehouse):
         try:
             rebuild_catalog(warehouse)
-        except duckdb.InterruptException:
-            raise
         except duckdb.Error as error:
-            log.warning(
-                f"{DATABASE_FILE} was not rebuilt after this load ({str(error).splitlines()[0]}): "
-                "rerun the day of the file it names, then `etl models`"
-            )
+            advice = damaged_file_advice(warehouse, error)
+            if advice is None or isinstance(error, duckdb.InterruptException):
+                raise
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            log.warning(f"{DATABASE_FILE} was not rebuilt after this load ({first_line}): {advice}")
+
+
+NAMED_PARQUET = re.compile(r"'([^']+\.parquet)'")  # as DuckDB quotes a file it cannot read
+
+
+def damaged_file_advice(warehouse: Path, error: duckdb.Error) -> str | None:
+    """What rewrites the warehouse Parquet file `error` names (a day's rerun, or the models'
+    refresh for a mart), or None when it names none of them."""
+    named = NAMED_PARQUET.search(str(error))
+    if named is None:
+        return None
+    try:
+        relative = Path(named.group(1)).relative_to(warehouse.resolve())
+    except ValueError:
+        return None
+    days = [part.removeprefix("received_date=") for part in relative.parts if part.startswith("received_date=")]
+    if days:
+        return f"rerun {days[0]} (`etl run --date {days[0]}`) to rewrite {relative}"
+    return f"run `etl models --warehouse {warehouse}` to rewrite {relative}"

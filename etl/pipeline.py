@@ -71,7 +71,7 @@ class DaySummary:
     event_rows: dict[str, int] = field(default_factory=dict)
     discards: int = 0
     values_over_column_cap: int = 0
-    parquet_sha256: dict[str, str] = field(default_factory=dict)  # what `files_match_load` checks
+    parquet_sha256: dict[str, str] = field(default_factory=dict)  # in the manifest: what `files_match_load` checks
 
     @property
     def duplicates(self) -> int:
@@ -437,7 +437,6 @@ def load_day(
                 writer.write(table, empty)
         summary.quarantined_by_reason = dict(sorted(reasons.items()))
         summary.event_rows = dict(sorted(event_rows.items()))
-        summary.parquet_sha256 = writer.sha256
         writer.write_manifest(summary.as_dict())
         writer.publish(retired_tables=existing_event_tables(warehouse))
     registry.close()

@@ -224,6 +224,10 @@ class PartitionWriter:
             self.flush(table)
 
     def write_manifest(self, manifest: dict) -> None:
+        """The day's manifest, with the SHA-256 of every file written (buffers flushed first, so
+        none is written after its digest is taken)."""
+        self.flush_all()
+        manifest = {**manifest, "parquet_sha256": self.sha256}
         folder = partition_dir(self.staging, MANIFESTS, self.day)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))

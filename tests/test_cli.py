@@ -19,6 +19,7 @@ from conftest import opened_databases, query, track, write_log
 from dagster_project import assets, cli, launch
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main, repeated_failures
+from dagster_project.resources import TrackhouseConfig
 from etl import checks
 from etl.models import ModelError, model_names
 from etl.pipeline import DaySummary, MissingLogs
@@ -151,6 +152,30 @@ def test_a_logs_folder_this_user_cannot_read_is_a_usage_error(logs, warehouse, c
     monkeypatch.setattr(cli, "list_days", refused)
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
     assert one_line_error(capsys) == f"etl: cannot read logs folder {logs} (Permission denied): give this user read access, or pass --logs DIR"
+
+
+def test_a_stderr_reader_leaving_early_stops_no_day_of_the_run(logs, warehouse):
+    # `etl run 2>&1 | head -1`: the next progress line raised BrokenPipeError, and the days after
+    # it were never loaded.
+    for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
+        write_log(logs / day / "a.ndjson", [track(messageId=day)])
+    command = [sys.executable, "-c", "import sys; from dagster_project.cli import main; sys.exit(main())"]
+    process = subprocess.Popen([*command, "run", "--logs", str(logs), "--warehouse", str(warehouse)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stderr.close()
+    process.communicate()
+    assert process.returncode == 0
+    assert query(warehouse, "select count(*) from tracks") == [(3,)]
+
+
+def test_an_empty_environment_variable_counts_as_unset(logs, tmp_path, monkeypatch, capsys):
+    # `TRACKHOUSE_WAREHOUSE=` from a script: an empty path was the current folder.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRACKHOUSE_WAREHOUSE", "")
+    monkeypatch.setenv("TRACKHOUSE_QUARANTINE_WARN_RATE", "")
+    assert run("--logs", str(logs)) == 0
+    assert query(tmp_path / "data" / "warehouse", "select count(*) from tracks") == [(1,)]
+    assert TrackhouseConfig.from_env().warehouse == tmp_path / "data" / "warehouse"
 
 
 def test_missing_logs_folder_exits_2(tmp_path, capsys):

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import query, track, write_log
@@ -584,8 +585,25 @@ def test_a_damaged_event_file_of_one_day_fails_no_other_days_load_and_is_named(l
     part.write_bytes(part.read_bytes()[:100])
     load(logs, warehouse, {"2025-01-16": [track("A", properties={"n": 2})]})
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "was not rebuilt" in r.getMessage()]
-    assert said and part.name in said[0] and said[0].endswith("rerun the day of the file it names, then `etl models`")
+    assert said and said[0].endswith(f"rerun {DAY} (`etl run --date {DAY}`) to rewrite events/a/received_date={DAY}/{part.name}")
     assert query(warehouse, "select count(*) from tracks") == [(2,)]
+
+
+def test_a_catalog_rebuild_error_that_names_no_warehouse_file_still_fails_the_load(logs, warehouse, monkeypatch):
+    # A full disk writing warehouse.duckdb is no other day's damage: the run must not pass it over.
+    load(logs, warehouse, {DAY: [track("A")]})
+
+    def disk_full(_):
+        raise duckdb.IOException("IO Error: Could not write file \"warehouse.duckdb.tmp\": No space left on device")
+
+    monkeypatch.setattr(catalog, "rebuild_catalog", disk_full)
+    with pytest.raises(duckdb.IOException, match="No space left"):
+        refresh_catalog(warehouse)
+
+
+def test_a_damaged_mart_is_named_with_the_command_that_rewrites_it(warehouse):
+    error = duckdb.InvalidInputException(f"No magic bytes found at end of file '{warehouse.resolve()}/marts/fct_orders/fct_orders-1.parquet'")
+    assert catalog.damaged_file_advice(warehouse, error) == f"run `etl models --warehouse {warehouse}` to rewrite marts/fct_orders/fct_orders-1.parquet"
 
 
 def test_the_footer_cache_skips_a_file_named_like_a_day_folder_and_a_folder_named_like_a_part(logs, warehouse):
