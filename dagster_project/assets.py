@@ -3,6 +3,7 @@
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -11,7 +12,7 @@ from dagster_project.resources import TrackhouseConfig
 from etl import LOGGER
 from etl.catalog import refresh_catalog
 from etl.pipeline import load_day
-from etl.write import partition_dir
+from etl.write import UnwritableWarehouse, ensure_writable, partition_dir
 
 
 SHOWN_COUNTS = 50
@@ -62,6 +63,14 @@ def trackhouse_logs_in_run_log(context: dg.AssetExecutionContext) -> Iterator[No
         logger.removeHandler(handler)
 
 
+def writable_or_failure(warehouse: Path) -> None:
+    """A warehouse the run cannot write fails it with one line saying what to set."""
+    try:
+        ensure_writable(warehouse, "set TRACKHOUSE_WAREHOUSE (the trackhouse resource's warehouse_root) to a folder you can write")
+    except UnwritableWarehouse as error:
+        raise dg.Failure(description=str(error)) from None
+
+
 def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="received_day",
@@ -76,6 +85,7 @@ def build_load_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition
     )
     def received_day(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
         day = context.partition_key
+        writable_or_failure(trackhouse.warehouse)
         with trackhouse_logs_in_run_log(context):
             summary = load_day(trackhouse.logs, trackhouse.warehouse, day)
             refresh_catalog(trackhouse.warehouse)

@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import TextIO
 from pathlib import Path
@@ -27,7 +26,8 @@ from etl.catalog import DATABASE_FILE, glob_literal, mart_views, shared_scratch_
 from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
 from etl.read import DAY_FOLDER, OUT_OF_RANGE, is_day_out_of_range, list_days, readable_path, skipped_entries
-from etl.write import file_lock, loaded_days, read_manifest
+from etl import write
+from etl.write import UnwritableWarehouse, file_lock, loaded_days, read_manifest
 
 EXAMPLES = """examples:
   etl run                                        every day folder under data/samples
@@ -173,15 +173,12 @@ def days_in_range(
 
 
 def ensure_writable(warehouse: Path) -> None:
-    if warehouse.exists() and not warehouse.is_dir():
-        raise UsageError(f"warehouse {warehouse} is a file, not a folder: pass --warehouse DIR, a folder (new or existing)")
     try:
-        warehouse.mkdir(parents=True, exist_ok=True)
-        # A probe of its own: two runs starting together must not delete each other's.
-        with tempfile.NamedTemporaryFile(dir=warehouse, prefix=".write-probe-"):
-            pass
-    except OSError as error:
-        raise RuntimeError(f"cannot write to warehouse {warehouse} ({error.strerror}): pass --warehouse DIR you can write") from None
+        write.ensure_writable(warehouse, "pass --warehouse DIR, a folder you can write (new or existing)")
+    except UnwritableWarehouse as error:
+        if error.not_a_folder:
+            raise UsageError(str(error)) from None
+        raise
 
 
 # Dagster mirrors a step's stdout and stderr to the terminal through `tail` and a Python watcher

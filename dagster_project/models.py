@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dagster_project.assets import writable_or_failure
 from dagster_project.checks import check_result
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
@@ -71,6 +72,7 @@ def model_specs() -> list[dg.AssetSpec]:
     pool=WRITER_POOL,
 )
 def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
+    writable_or_failure(trackhouse.warehouse)
     rows = refresh_models(trackhouse.warehouse)
     for name, count in rows.items():
         yield dg.MaterializeResult(

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,29 @@ def day_lock(warehouse: Path, day: str, reading: bool = False) -> contextlib.Abs
     return file_lock(
         staging_root / f"{day}.lock", waiting=f"{day}: waiting for another run of this day to finish", shared=reading,
     )
+
+
+class UnwritableWarehouse(RuntimeError):
+    """The warehouse cannot be written; the message says why and what to do."""
+
+    def __init__(self, message: str, not_a_folder: bool = False) -> None:
+        super().__init__(message)
+        self.not_a_folder = not_a_folder
+
+
+def ensure_writable(warehouse: Path, advice: str) -> None:
+    """Say in one line, before any work, that the warehouse cannot be written (a file, read-only,
+    under a file), with `advice` on what to set: a load found out at its first `mkdir`, as a bare
+    OSError (in Dagster, `FileNotFoundError` for a folder under /proc)."""
+    if warehouse.exists() and not warehouse.is_dir():
+        raise UnwritableWarehouse(f"warehouse {warehouse} is a file, not a folder: {advice}", not_a_folder=True)
+    try:
+        warehouse.mkdir(parents=True, exist_ok=True)
+        # A probe of its own: two runs starting together must not delete each other's.
+        with tempfile.NamedTemporaryFile(dir=warehouse, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        raise UnwritableWarehouse(f"cannot write to warehouse {warehouse} ({error.strerror}): {advice}") from None
 
 
 def partition_dir(warehouse: Path, table: str, day: str) -> Path:

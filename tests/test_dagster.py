@@ -154,6 +154,17 @@ def test_a_damaged_file_of_another_day_fails_no_days_load_in_dagster(logs, wareh
     assert {e.check_name for e in result.get_asset_check_evaluations() if not e.passed} <= {"quarantine_rate"}
 
 
+def test_a_warehouse_dagster_cannot_write_fails_the_run_in_one_line_saying_what_to_set(logs, tmp_path):
+    # A bare OSError from the first mkdir said nothing of TRACKHOUSE_WAREHOUSE.
+    two_days(logs)
+    (tmp_path / "a-file").write_text("")
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(tmp_path / "a-file" / "warehouse"))
+    result = dg.materialize([build_load_asset(received_days(logs))], partition_key="2025-01-14", resources={"trackhouse": config}, raise_on_error=False, run_config=QUIET)
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith(f"cannot write to warehouse {tmp_path / 'a-file' / 'warehouse'} (Not a directory): set TRACKHOUSE_WAREHOUSE")
+
+
 def test_a_day_with_no_folder_loads_as_an_empty_partition(logs, warehouse):
     two_days(logs)
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
