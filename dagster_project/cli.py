@@ -255,7 +255,7 @@ def failure_cause(result: dg.ExecuteInProcessResult) -> str | None:
     if not errors:
         return None
     if os.environ.get("TRACKHOUSE_DEBUG"):
-        emit(errors[0].to_string(), sys.stderr)
+        emit(errors[0].to_string(), sys.stderr)  # the traceback, lines and all
     cause = errors[0].cause or errors[0]
     detail = (cause.message.strip().splitlines() or [""])[0].partition(": ")[2]
     return f"{cause.cls_name}: {detail}" if detail else cause.cls_name
@@ -289,7 +289,7 @@ def reported_failures(evaluations: list, day: str | None, said: dict[tuple[str, 
             name = f"{check.check_name} ({check.asset_key.to_user_string()}{', ' + day if day else ''})"
             days = said.setdefault((check.check_name, check.description), []) if said is not None else []
             if not days:
-                emit(f"check {name} failed, {check.severity.value}: {check.description}", sys.stderr)
+                say(f"check {name} failed, {check.severity.value}: {check.description}")
             days.append(day)
             if check.severity == dg.AssetCheckSeverity.ERROR:
                 errors.append(name)
@@ -306,6 +306,20 @@ def repeated_failures(said: dict[tuple[str, str], list[str]]) -> Iterator[str]:
             more = days[1:]
             listed = ", ".join(more[:SHOWN_DAYS]) + (f" and {len(more) - SHOWN_DAYS} more" if len(more) > SHOWN_DAYS else "")
             yield f"check {check_name} failed the same way on {len(more)} more day(s): {listed}"
+
+
+CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a file or folder named with a newline must
+    not split a line of progress or an error in two."""
+    return text.translate(CONTROL_CHARACTERS)
+
+
+def say(text: str) -> None:
+    """One line on stderr: progress, a skipped folder, a failed check, an error."""
+    emit(one_line(text), sys.stderr)
 
 
 def emit(text: str, stream: TextIO | None = None) -> None:
@@ -342,18 +356,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--warehouse and --logs are both {config.logs}: keep the warehouse in a folder of its own, e.g. --warehouse {config.logs.parent / 'warehouse'}")
     for path, advice in skipped_entries(config.logs):
         if path.resolve() != config.warehouse:  # a warehouse kept inside the logs root is no logs
-            emit(f"skipped {readable_path(path.name)}{'/' if path.is_dir() else ''}: {advice}", sys.stderr)
+            say(f"skipped {readable_path(path.name)}{'/' if path.is_dir() else ''}: {advice}")
     ensure_writable(config.warehouse)
     load_asset = build_load_asset(received_days(config.logs))
     instance = dagster_instance()
     summaries, errors = [], []
     for day in days:
-        emit(f"loading {day}", sys.stderr)
+        say(f"loading {day}")
         errors += materialize(load_asset, config, instance, f"loading {day}", day)
         summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
         if not summaries[-1].files:
-            emit(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day", sys.stderr)
-    emit("refreshing the SQL models", sys.stderr)
+            say(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day")
+    say("refreshing the SQL models")
     errors += materialize(sql_models, config, instance, "refreshing the models")
     emit(format_summaries(summaries))
     emit(f"\n{format_reports(config.warehouse)}")
@@ -396,10 +410,10 @@ def check(args: argparse.Namespace) -> int:
                     checked += len(results)
             finally:  # an interrupt on a later day still lists the days an earlier failure repeated on
                 for line in repeated_failures(said):
-                    emit(line, sys.stderr)
+                    say(line)
             missing = missing_marts(mart_views(config.warehouse))
             if missing:  # said once, not by each model check
-                emit(f"models not checked: {missing_marts_message(config.warehouse, missing)}", sys.stderr)
+                say(f"models not checked: {missing_marts_message(config.warehouse, missing)}")
                 errors.append("the models (marts missing)")
             else:
                 results = model_check_results(config.warehouse)
@@ -420,12 +434,17 @@ def check(args: argparse.Namespace) -> int:
 COMMANDS = {"run": run, "models": models, "check": check}
 
 
+class OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 def show_progress() -> None:
     """Print the pipeline's per-file progress and warnings to stderr, once per process."""
     logger = logging.getLogger(LOGGER)
     logger.handlers = [h for h in logger.handlers if not getattr(h, "trackhouse_cli", False)]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("  %(message)s"))
+    handler.setFormatter(OneLineFormatter("  %(message)s"))
     handler.trackhouse_cli = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -437,16 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as error:
-        emit(f"etl: {error}", sys.stderr)
+        say(f"etl: {error}")
         return 2
     except Interrupted as error:
-        emit(f"etl: {error}", sys.stderr)
+        say(f"etl: {error}")
         return 130
     except KeyboardInterrupt:
-        emit(f"etl: {INTERRUPTED.format(what='running')}", sys.stderr)
+        say(f"etl: {INTERRUPTED.format(what='running')}")
         return 130
     except RuntimeError as error:
-        emit(f"etl: {error}", sys.stderr)
+        say(f"etl: {error}")
         return 1
     except Exception as error:
         return said_unexpected(error, "unexpected")

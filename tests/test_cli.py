@@ -53,6 +53,15 @@ def test_run_names_the_folders_it_skips_because_they_are_not_days(logs, warehous
                        for name in ("2025-02-30", "2025-1-05", "archive")]
 
 
+def test_a_name_with_a_newline_is_one_line_in_progress_and_skip_messages(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a\nb.ndjson", [track()])
+    (logs / "old\nlogs").mkdir()
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "skipped old\\x0alogs/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)" in err
+    assert "  2025-01-14: reading 2025-01-14/a\\x0ab.ndjson" in err
+
+
 def test_run_with_a_range_loads_only_the_days_inside_it(logs, warehouse, capsys):
     for day in ("2025-01-13", "2025-01-14", "2025-01-15"):
         write_log(logs / day / "a.ndjson", [track(messageId=day)])
