@@ -17,7 +17,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from dagster_project.assets import build_load_asset, largest_counts
 from dagster_project.checks import partition_check_results
-from dagster_project.launch import said_unexpected
+from dagster_project.launch import one_line, said_unexpected
 from dagster_project.models import model_check_results, sql_models
 from dagster_project.partitions import received_days
 from dagster_project.resources import DEFAULT_LOGS, DEFAULT_WAREHOUSE, TrackhouseConfig
@@ -306,15 +306,6 @@ def repeated_failures(said: dict[tuple[str, str], list[str]]) -> Iterator[str]:
             more = days[1:]
             listed = ", ".join(more[:SHOWN_DAYS]) + (f" and {len(more) - SHOWN_DAYS} more" if len(more) > SHOWN_DAYS else "")
             yield f"check {check_name} failed the same way on {len(more)} more day(s): {listed}"
-
-
-CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
-
-
-def one_line(text: str) -> str:
-    """`text` with its control characters escaped: a file or folder named with a newline must
-    not split a line of progress or an error in two."""
-    return text.translate(CONTROL_CHARACTERS)
 
 
 def say(text: str) -> None:

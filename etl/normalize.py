@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from itertools import accumulate
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -110,7 +111,7 @@ class ContextColumns:
         if column is None:
             if len(self.columns) >= MAX_CONTEXT_COLUMNS or len(name) > MAX_CONTEXT_NAME_CHARS:
                 extra = self.overflow.setdefault(row, {})
-                extra[unique_name(name, extra)] = text
+                extra[self.unused_key(name, row, extra)] = text
                 return
             column = self.columns[name] = [None] * self.capacity
         column[row] = text
@@ -120,12 +121,23 @@ class ContextColumns:
         for `name` in this row stopped (rows come in order, and a row's cells only fill): k keys
         of one message that map to one name cost k steps, not k², which let a 55 KB line of
         1,000 such messages run for over 300 s."""
+        return self.next_free("column", name, row, lambda candidate: (column := self.columns.get(candidate)) is not None and column[row] is not None)
+
+    def unused_key(self, name: str, row: int, extra: dict[str, str]) -> str:
+        """`name`, or the first of `name_2`, `name_3`, … not yet a key of the row's
+        `context_other` object, searched as `free_name` searches (keys past the cap, or too long
+        for a column, that map to one name)."""
+        if name not in extra:
+            return name
+        return self.next_free("overflow", name, row, extra.__contains__)
+
+    def next_free(self, space: str, name: str, row: int, taken: Callable[[str], bool]) -> str:
         if row != self.suffix_row:
             self.suffix_row, self.next_suffix = row, {}
-        suffix = self.next_suffix.get(name, 2)
-        while (column := self.columns.get(f"{name}_{suffix}")) is not None and column[row] is not None:
+        suffix = self.next_suffix.get((space, name), 2)
+        while taken(f"{name}_{suffix}"):
             suffix += 1
-        self.next_suffix[name] = suffix + 1
+        self.next_suffix[space, name] = suffix + 1
         return f"{name}_{suffix}"
 
     def series(self, height: int) -> list[pl.Series]:

@@ -56,10 +56,17 @@ def test_run_names_the_folders_it_skips_because_they_are_not_days(logs, warehous
 def test_a_name_with_a_newline_is_one_line_in_progress_and_skip_messages(logs, warehouse, capsys):
     write_log(logs / "2025-01-14" / "a\nb.ndjson", [track()])
     (logs / "old\nlogs").mkdir()
+    (logs / "new\u2028logs").mkdir()  # a line break to Python's `splitlines`
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
     err = capsys.readouterr().err.splitlines()
     assert "skipped old\\x0alogs/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)" in err
+    assert "skipped new\\u2028logs/: not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)" in err
     assert "  2025-01-14: reading 2025-01-14/a\\x0ab.ndjson" in err
+
+
+def test_an_unexpected_error_is_said_in_one_line_whatever_its_text(capsys):
+    assert launch.said_unexpected(OSError("first line\nsecond line"), "unexpected") == 1
+    assert one_line_error(capsys) == "etl: unexpected OSError: first line\\x0asecond line (rerun with TRACKHOUSE_DEBUG=1 for the traceback)"
 
 
 def test_run_with_a_range_loads_only_the_days_inside_it(logs, warehouse, capsys):

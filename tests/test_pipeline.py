@@ -228,6 +228,30 @@ def test_many_keys_of_one_message_mapping_to_one_name_are_named_in_linear_steps(
     assert CountedLookups.lookups < 20 * len(keys)
 
 
+def test_keys_past_the_cap_that_map_to_one_name_are_numbered_in_linear_steps(monkeypatch):
+    # Past the cap (or too long for a column) they are keys of `context_other`, whose numbering
+    # searched from `_2` on for each: 500 distinct keys first made a 2,800-key envelope 100 s again.
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 100)
+    steps, unique_name, next_free = [], normalize.unique_name, normalize.ContextColumns.next_free
+
+    class Counted:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __contains__(self, name: str) -> bool:
+            steps.append(name)
+            return name in self.inner
+
+    monkeypatch.setattr(normalize, "unique_name", lambda base, taken: unique_name(base, Counted(taken)))
+    monkeypatch.setattr(normalize.ContextColumns, "next_free", lambda self, space, name, row, taken: next_free(
+        self, space, name, row, lambda candidate: steps.append(candidate) or taken(candidate),
+    ))
+    context = {f"k{n}": "v" for n in range(100)} | {"z" + "!" * n: str(n) for n in range(400)}
+    series = {s.name: s.to_list() for s in normalize.context_columns([context, context])}
+    assert json.loads(series["context_other"][1]) == {"context_z": "0"} | {f"context_z_{n + 1}": str(n) for n in range(1, 400)}
+    assert len(steps) < 10 * len(context)
+
+
 def test_a_context_key_too_long_for_a_column_name_keeps_its_value_in_context_other():
     # Every event table carries every context column: 500 keys of 30,000 characters made 50-row
     # files of 65 MB and a 1.8 GB warehouse.duckdb.
