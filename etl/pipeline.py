@@ -28,7 +28,9 @@ import polars as pl
 
 from etl import LOGGER
 from etl.dedupe import SeenMessageIds
-from etl.events import EventProperties, EventTables, PropertyGatherer, empty_discards, event_tables, gather_properties
+from etl.events import (
+    EventProperties, EventTables, PropertyGatherer, drop_paths_full_tables_cannot_take, empty_discards, event_tables, gather_properties,
+)
 from etl.names import event_table_name, is_context_column
 from etl.normalize import (
     ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
@@ -143,7 +145,7 @@ class PreparedChunk:
         (an integer past 64 bits)."""
         try:
             gathered = orjson.dumps({
-                event: [sink.positions, [[path, *cell] for path, cell in sink.cells.items()]]
+                event: [sink.positions, [[path, *cell] for path, cell in sink.cells.items()], sink.dropped]
                 for event, sink in self.gathered.items()
             })
         except TypeError as error:
@@ -155,8 +157,8 @@ class PreparedChunk:
     @classmethod
     def from_json(cls, chunk: ValidatedChunk, tracks: pl.DataFrame, gathered: bytes) -> "PreparedChunk":
         return cls(chunk, tracks, {
-            event: EventProperties(positions, {tuple(path): (rows, values) for path, rows, values in cells})
-            for event, (positions, cells) in orjson.loads(gathered).items()
+            event: EventProperties(positions, {tuple(path): (rows, values) for path, rows, values in cells}, dropped)
+            for event, (positions, cells, dropped) in orjson.loads(gathered).items()
         })
 
 
@@ -221,7 +223,9 @@ class WalkedWhileValidating:
         return self.context.rows
 
 
-def prepare_chunk(piece: Piece, received_date: dt.date) -> PreparedChunk:
+def prepare_chunk(piece: Piece, received_date: dt.date, full_tables: dict[str, frozenset[str]] | None = None) -> PreparedChunk:
+    """`full_tables`: the event tables whose column cap is reached, with the path keys of their
+    columns (see `drop_paths_full_tables_cannot_take`)."""
     with collector_paused():
         walked = WalkedWhileValidating(piece.line_count()) if isinstance(piece, LineChunk) else None
         chunk = validate_chunk(piece, walked.add) if walked is not None else VALIDATORS[type(piece)](piece)
@@ -232,6 +236,8 @@ def prepare_chunk(piece: Piece, received_date: dt.date) -> PreparedChunk:
             tracks = tracks_frame(chunk, received_date)
             gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
         chunk.accepted, chunk.times = [], empty_times()
+        if full_tables:
+            drop_paths_full_tables_cannot_take(gathered, full_tables)
         return PreparedChunk(chunk, tracks, gathered)
 
 
@@ -305,19 +311,21 @@ class ChunkWorkers(ProcessPoolExecutor):
 
 
 def prepared_in_order(
-    pieces: Iterator[Piece], received_date: dt.date, workers: int,
+    pieces: Iterator[Piece], received_date: dt.date, workers: int, full_tables: dict[str, frozenset[str]],
 ) -> Iterator[tuple[Piece, PreparedChunk]]:
     """Prepare chunks on `workers` processes, yielding them in input order (so output does not
-    depend on parallelism); at most two chunks per worker are in flight, bounding memory."""
+    depend on parallelism); at most two chunks per worker are in flight, bounding memory.
+    `full_tables` grows as the consumer finds tables full; each chunk takes it as it is then."""
     if workers <= 1:
         for piece in pieces:
-            yield piece, prepare_chunk(piece, received_date)
+            yield piece, prepare_chunk(piece, received_date, full_tables)
         return
     pool = ChunkWorkers(workers)
     try:
         in_flight: deque = deque()
         for piece in pieces:
-            in_flight.append((piece, pool.submit(prepare_chunk, piece, received_date)))
+            # A copy: the pool pickles it later, on its own thread, while the consumer may add to it.
+            in_flight.append((piece, pool.submit(prepare_chunk, piece, received_date, dict(full_tables))))
             if len(in_flight) >= 2 * workers:
                 done, future = in_flight.popleft()
                 yield done, future.result()
@@ -403,9 +411,13 @@ def load_day(
     registry = SchemaRegistry(warehouse, loading_day=day)
     with PartitionWriter(warehouse, day) as writer:
         pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes), chunk_bytes)
-        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files)):
+        full_tables: dict[str, frozenset[str]] = {}
+        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files), full_tables):
             with collector_paused():
                 out = finish_chunk(prepared, piece, quarantined_at, seen, registry, context_columns)
+            for event in prepared.gathered:
+                if event not in full_tables and (columns := registry.full_columns(event)) is not None:
+                    full_tables[event] = columns
             chunk = prepared.chunk
             writer.append(TRACKS, out.tracks)
             writer.append(QUARANTINE, out.quarantine)

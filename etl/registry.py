@@ -253,6 +253,12 @@ class SchemaRegistry:
         self.cache[event] = current
         return current
 
+    def full_columns(self, event: str) -> frozenset[str] | None:
+        """The path keys of `event`'s columns once they reach the cap, else None: a full table
+        stays full (no column is ever removed), so no other path can ever join them."""
+        columns = self.columns(event)
+        return frozenset(columns) if len(columns) >= MAX_PROPERTY_COLUMNS else None
+
     def int_until_first_float(self, event: str, key: str, column: Column) -> bool:
         """This load judges `column` as int until its own first float: its day is up to the
         earliest that sent the column a float, and no float has come in this load yet."""
