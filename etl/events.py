@@ -199,10 +199,12 @@ def empty_discards() -> pl.DataFrame:
 
 
 def register_columns(
-    registry: SchemaRegistry, event: str, cells: dict, keep: list[bool] | None,
+    registry: SchemaRegistry, event: str, cells: dict, keep: list[bool] | None, lacked: bool = False,
 ) -> tuple[dict[str, Column], dict[str, int]]:
-    """Ask the registry only when this chunk brings a path it lacks or an int column sees a float.
-    Values of dropped rows (`keep` false: duplicates) never name or type a column.
+    """Ask the registry only when this chunk brings a path it lacks (`lacked`: paths dropped by
+    the workers, which a full table lacks) or an int column sees a float: asking reads what other
+    runs registered meanwhile. Values of dropped rows (`keep` false: duplicates) never name or
+    type a column.
 
     Also returns, for each path that the registry held as int until a float came in this chunk,
     where that float is among its values: the values before it are judged as an int column's, as
@@ -236,7 +238,7 @@ def register_columns(
                 proposals[key] = (path, "float")  # the registry moves widened_on back if this day is earlier
         if column is None:
             proposals[key] = (path, value_type(values[kept[0]]))
-    columns = registry.register(event, proposals) if proposals else known
+    columns = registry.register(event, proposals) if proposals or lacked else known
     int_until = {key: first for key, (_, first) in floats_from.items() if (c := columns.get(key)) is not None and c.type == "int"}
     if int_until:
         columns = registry.register(event, {key: (floats_from[key][0], "float") for key in int_until})
@@ -264,7 +266,8 @@ def event_tables(
             keep = None
         if keep is not None and not any(keep):
             continue
-        columns, int_until = register_columns(registry, event, sink.cells, keep)
+        lacked = any(count and (keep is None or keep[row]) for row, count in enumerate(sink.dropped))
+        columns, int_until = register_columns(registry, event, sink.cells, keep, lacked)
         height = len(sink.positions)
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
         # cost on a chunk's few hundred rows, paid per event table in the main process.
@@ -302,7 +305,7 @@ def event_tables(
                     "value": [json_text(v) for _, _, v in misfit],
                     "expected_type": ["int" if split is not None and i < split else column.type for i, _, _ in misfit],
                 }, schema=DISCARDS_SCHEMA))
-        if sink.dropped:
+        if lacked:
             out.over_cap_values += sum(count for row, count in enumerate(sink.dropped) if keep is None or keep[row])
         properties = [s for _, s in sorted(series, key=lambda item: item[0])]
         frame = base.hstack(properties) if properties else base

@@ -19,6 +19,7 @@ from conftest import query, track, write_log
 
 from etl import catalog, checks, registry, write
 from etl.catalog import refresh_catalog
+from etl.events import EventProperties, drop_paths_full_tables_cannot_take, event_tables
 from etl.names import event_table_name, snake_case
 from etl.pipeline import load_day
 from etl.registry import Column, SchemaRegistry, read_registry
@@ -304,6 +305,24 @@ def test_revenue_currency_and_value_are_columns_even_past_the_column_cap(logs, w
     ]})
     assert [name for name, _ in registered(warehouse, "buy")] == ["a", "b", "revenue", "currency", "value"]
     assert query(warehouse, "select revenue, currency, value from buy where revenue is not null") == [(19.99, "EUR", 5)]
+
+
+def test_a_chunk_whose_past_the_cap_paths_were_dropped_still_reads_what_other_runs_registered(warehouse, monkeypatch):
+    # Proposing a path past the cap made the registry read the table afresh (another day's run
+    # may have widened a column meanwhile); a chunk whose such paths the workers dropped must too.
+    monkeypatch.setattr(registry, "MAX_PROPERTY_COLUMNS", 2)
+    this_day, other_day = SchemaRegistry(warehouse, loading_day="2025-01-02"), SchemaRegistry(warehouse, loading_day="2025-01-03")
+    this_day.register("ev", {registry.path_key(("x",)): (("x",), "int"), registry.path_key(("y",)): (("y",), "int")})
+    full = {"ev": this_day.full_columns("ev")}
+    other_day.register("ev", {registry.path_key(("x",)): (("x",), "float")})  # x widened by the other run
+    gathered = {"ev": EventProperties([0], {("x",): ([0], [2**63]), ("z",): ([0], [1])})}
+    drop_paths_full_tables_cannot_take(gathered, full)
+    assert gathered["ev"].dropped == [1] and ("z",) not in gathered["ev"].cells
+    out = event_tables(pl.DataFrame({"message_id": ["m0"], "event": ["ev"]}), gathered, this_day)
+    assert out.frames["ev"]["x"].to_list() == [float(2**63)] and out.discards_frame().height == 0
+    assert out.over_cap_values == 1
+    this_day.close()
+    other_day.close()
 
 
 def test_a_rerun_removes_event_tables_the_day_no_longer_has(logs, warehouse):

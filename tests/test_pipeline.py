@@ -733,16 +733,18 @@ def test_a_full_event_tables_other_paths_are_dropped_before_the_main_process_wit
         track("A", messageId=f"m{i % 40}", properties={"a": 1, f"k{i}": i, "n": {f"x{i}": 1}, **({"b": "s"} if i % 3 else {}), **({"revenue": i} if i >= 30 else {})})
         for i in range(60)
     ])
-    dropped, drop = [], pipeline.drop_paths_full_tables_cannot_take
+    dropped, finish_chunk = [], pipeline.finish_chunk
 
-    def recorded(gathered, full_tables) -> None:
-        drop(gathered, full_tables)
-        dropped.extend(sum(sink.dropped) for sink in gathered.values())
+    def received(prepared, *args):  # in the main process: what the workers sent
+        dropped.append(sum(sum(sink.dropped) for sink in prepared.gathered.values()))
+        return finish_chunk(prepared, *args)
 
-    monkeypatch.setattr(pipeline, "drop_paths_full_tables_cannot_take", recorded)
+    monkeypatch.setattr(pipeline, "finish_chunk", received)
     one_process = loaded_tables(logs, tmp_path / "one", chunk_bytes=1_000, workers=1)
     assert sum(dropped) > 0
+    dropped.clear()
     two_workers = loaded_tables(logs, tmp_path / "two", chunk_bytes=1_000, workers=2)
+    assert sum(dropped) > 0
     monkeypatch.setattr(pipeline, "drop_paths_full_tables_cannot_take", lambda gathered, full_tables: None)
     undropped = loaded_tables(logs, tmp_path / "undropped", chunk_bytes=1_000, workers=1)
     assert one_process[0]["values_over_column_cap"] > 0
