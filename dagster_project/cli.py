@@ -25,7 +25,7 @@ from etl import LOGGER
 from etl.catalog import DATABASE_FILE, glob_literal, mart_views, shared_scratch_database
 from etl.checks import DUCKDB_INTERRUPTED, is_interrupt, missing_marts, missing_marts_message, reading_marts
 from etl.pipeline import DaySummary
-from etl.read import DAY_FOLDER, OUT_OF_RANGE, is_day_out_of_range, list_days, readable_path, skipped_entries
+from etl.read import DAY_FOLDER, DAY_NAMED_FILE, OUT_OF_RANGE, is_day_out_of_range, list_days, readable_path, skipped_entries
 from etl import write
 from etl.write import UnwritableWarehouse, file_lock, loaded_days, read_manifest
 
@@ -142,7 +142,7 @@ def chosen_days(logs: Path, date: str | None, start: str | None, end: str | None
     except OSError as error:
         raise UsageError(f"cannot read logs folder {logs} ({error.strerror}): give this user read access, or pass --logs DIR") from None
     if date and date not in available and (logs / date).exists():
-        problem = OUT_OF_RANGE if is_day_out_of_range(date) else "a file, not a folder: put that day's log files in a folder with this name"
+        problem = OUT_OF_RANGE if is_day_out_of_range(date) else DAY_NAMED_FILE
         raise UsageError(f"{logs / date} is {problem}")
     if not available:
         if DAY_FOLDER.match(logs.name):

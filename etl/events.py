@@ -266,8 +266,8 @@ def event_tables(
             keep = None
         if keep is not None and not any(keep):
             continue
-        lacked = any(count and (keep is None or keep[row]) for row, count in enumerate(sink.dropped))
-        columns, int_until = register_columns(registry, event, sink.cells, keep, lacked)
+        dropped = sum(count for row, count in enumerate(sink.dropped) if keep is None or keep[row])
+        columns, int_until = register_columns(registry, event, sink.cells, keep, lacked=dropped > 0)
         height = len(sink.positions)
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
         # cost on a chunk's few hundred rows, paid per event table in the main process.
@@ -305,8 +305,7 @@ def event_tables(
                     "value": [json_text(v) for _, _, v in misfit],
                     "expected_type": ["int" if split is not None and i < split else column.type for i, _, _ in misfit],
                 }, schema=DISCARDS_SCHEMA))
-        if lacked:
-            out.over_cap_values += sum(count for row, count in enumerate(sink.dropped) if keep is None or keep[row])
+        out.over_cap_values += dropped
         properties = [s for _, s in sorted(series, key=lambda item: item[0])]
         frame = base.hstack(properties) if properties else base
         out.frames[event] = frame if keep is None else frame[pl.Series(keep).arg_true()]

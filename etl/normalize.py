@@ -7,8 +7,8 @@ typing, skew correction, dates, names and defaults are Polars expressions.
 from __future__ import annotations
 
 import datetime as dt
-from itertools import accumulate
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 import orjson

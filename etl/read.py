@@ -92,26 +92,29 @@ class FileBreak:
 
 NOT_A_DAY = "not a YYYY-MM-DD day folder (rename it to the day its logs were received to load them)"
 OUT_OF_RANGE = f"a day outside the {FIRST_DAY} … {LAST_DAY} that Dagster's daily partitions cover: check its year"
+DAY_NAMED_FILE = "a file, not a folder: put that day's log files in a folder with this name"
+
+
+def named_date(name: str) -> dt.date | None:
+    """The real date a `YYYY-MM-DD` name gives (`2025-02-30` gives none)."""
+    try:
+        return dt.date.fromisoformat(name) if DAY_FOLDER.match(name) else None
+    except ValueError:
+        return None
 
 
 def is_day_out_of_range(name: str) -> bool:
     """A real `YYYY-MM-DD` date before FIRST_DAY or after LAST_DAY."""
-    try:
-        return bool(DAY_FOLDER.match(name)) and not FIRST_DAY <= dt.date.fromisoformat(name) <= LAST_DAY
-    except ValueError:
-        return False
+    date = named_date(name)
+    return date is not None and not FIRST_DAY <= date <= LAST_DAY
 
 
 def is_day_folder(path: Path) -> bool:
     """A `YYYY-MM-DD` folder of a real date in FIRST_DAY … LAST_DAY: Dagster's daily partitions
     cannot reach year 1 or 9999, and take seconds a lookup near the year 3000, so a folder past
     those (a typo'd year) is named and skipped rather than failing every day's run."""
-    if not (path.is_dir() and DAY_FOLDER.match(path.name)):
-        return False
-    try:
-        return FIRST_DAY <= dt.date.fromisoformat(path.name) <= LAST_DAY
-    except ValueError:
-        return False
+    date = named_date(path.name)
+    return date is not None and FIRST_DAY <= date <= LAST_DAY and path.is_dir()
 
 
 def list_days(logs_root: Path) -> list[str]:
@@ -144,7 +147,7 @@ def skipped_entries(logs_root: Path) -> list[tuple[Path, str]]:
         elif is_log_file(path):
             skipped.append((path, "a log file outside any day folder: move it into the folder of the day it was received"))
         elif DAY_FOLDER.match(path.name):
-            skipped.append((path, "a file, not a folder: put that day's log files in a folder with this name"))
+            skipped.append((path, DAY_NAMED_FILE))
     return skipped
 
 
