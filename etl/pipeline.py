@@ -423,9 +423,10 @@ def load_day(
             writer.append(QUARANTINE, out.quarantine)
             discards = out.events.discards_frame()
             writer.append(DISCARDS, discards)
-            for event, frame in out.events.frames.items():
-                writer.append(f"{EVENTS}/{event}", frame)
-                event_rows[event] += frame.height
+            frames = out.events.frames
+            for event in frames:
+                writer.append(f"{EVENTS}/{event}", frames[event])
+                event_rows[event] += frames[event].height
             reasons.update(out.quarantine["reason"].to_list())
             summary.lines += chunk.lines
             summary.blank_lines += chunk.blank_lines
@@ -436,6 +437,9 @@ def load_day(
             summary.quarantined += out.quarantine.height
             summary.discards += discards.height
             summary.values_over_column_cap += out.events.over_cap_values
+            # Let this chunk's frames go before the next one's are made, not after (two 1 GB
+            # chunks of a wide event table were held at once, measured).
+            del prepared, out, frames
         # An event table has every `context_…` column of the day's `tracks`, as the contract has
         # it (a chunk's rows carry the ones they use): NULL where its events never sent the key.
         day_context = {name: dtype for name, dtype in writer.columns.get(TRACKS, {}).items() if is_context_column(name)}

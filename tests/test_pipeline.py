@@ -915,6 +915,18 @@ def test_the_writer_writes_a_part_once_its_buffered_rows_hold_enough_bytes(tmp_p
         assert writer.parts == {"quarantine": 2, "tracks": 1, "discards": 1} and writer.buffers == {}
 
 
+def test_the_writer_counts_the_views_polars_leaves_out_of_its_estimate(tmp_path, monkeypatch):
+    # A string cell holds a 16-byte view, null or not: 1,000 sparse columns of 65,536 rows held
+    # 1 GB that `estimated_size` called 66 KB, so wide chunks piled up in the buffer.
+    monkeypatch.setattr(write, "BYTES_PER_PART", 1_000_000)
+    sparse = pl.DataFrame({f"p{n}": pl.Series([None] * 5_000, dtype=pl.String) for n in range(20)})
+    assert sparse.estimated_size() < 1_000_000 <= write.held_bytes(sparse)  # 20 x 5,000 x 16 bytes
+    assert write.held_bytes(pl.DataFrame({"reasons": [["a", "b"], []]})) >= 2 * write.VIEW_BYTES
+    with PartitionWriter(tmp_path, DAY) as writer:
+        writer.append("events/e", sparse)
+        assert writer.parts == {"events/e": 1} and writer.buffers == {}
+
+
 def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path, caplog):
     # The schedule and a backfill may run one day at once: the second run must neither take the
     # first's staging folder for debris nor publish in between; it replaces the first whole. It
