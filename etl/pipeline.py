@@ -36,7 +36,7 @@ from etl.normalize import (
     ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
 )
 from etl.read import (
-    CHUNK_BYTES, FileBreak, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
+    CHUNK_BYTES, FileBreak, LineBudget, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
 )
 from etl.validate import (
     ORJSON_TOO_DEEP, OriginalTexts, TrackFields, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break,
@@ -247,6 +247,11 @@ class ChunkOutput:
     quarantine: pl.DataFrame
     events: EventTables
 
+    @property
+    def cells(self) -> int:
+        """The cells of its accepted rows' frames, which size the next chunks (see LineBudget)."""
+        return sum(frame.height * frame.width for frame in (self.tracks, *self.events.frames.values()))
+
 
 def finish_chunk(
     prepared: PreparedChunk, piece: Piece, quarantined_at: dt.datetime,
@@ -354,11 +359,11 @@ def worker_count(files: list[Path]) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
-def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int) -> Iterator[Piece]:
+def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int, budget: LineBudget) -> Iterator[Piece]:
     for path in files:
         source = relative_source(logs_root, path)
         log.info("%s: reading %s", day, source)
-        for piece in read_chunks(path, source, chunk_bytes):
+        for piece in read_chunks(path, source, chunk_bytes, budget):
             if isinstance(piece, FileBreak):
                 log.warning("%s: unreadable from line %d on (%s)", source, piece.line_number, piece.error)
             elif isinstance(piece, LongLine):
@@ -410,7 +415,8 @@ def load_day(
     context_columns: set[str] = set()
     registry = SchemaRegistry(warehouse, loading_day=day)
     with PartitionWriter(warehouse, day) as writer:
-        pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes), chunk_bytes)
+        budget = LineBudget()
+        pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes, budget), chunk_bytes, budget)
         full_tables: dict[str, frozenset[str]] = {}
         for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files), full_tables):
             with collector_paused():
@@ -437,6 +443,8 @@ def load_day(
             summary.quarantined += out.quarantine.height
             summary.discards += discards.height
             summary.values_over_column_cap += out.events.over_cap_values
+            if isinstance(piece, LineChunk):
+                budget.fit(piece.line_count(), out.cells)
             # Let this chunk's frames go before the next one's are made, not after (two 1 GB
             # chunks of a wide event table were held at once, measured).
             del prepared, out, frames

@@ -927,6 +927,35 @@ def test_the_writer_counts_the_views_polars_leaves_out_of_its_estimate(tmp_path,
         assert writer.parts == {"events/e": 1} and writer.buffers == {}
 
 
+def test_a_day_of_wide_sparse_rows_is_cut_into_chunks_as_narrow_as_its_width_allows(logs, warehouse, tmp_path, monkeypatch):
+    # Each line sets 5 of 500 property keys: a few hundred lines make event tables hundreds of
+    # columns wide. Each chunk is cut by what the last chunk's frames held, and the rows loaded
+    # are those of a load in one chunk.
+    write_log(logs / DAY / "a.ndjson", [
+        track("Wide", messageId=f"m{n}", properties={f"p{(5 * n + k) % 500}": n for k in range(5)}) for n in range(600)
+    ])
+    _, one_chunk = loaded_tables(logs, tmp_path / "one-chunk", workers=1)
+    monkeypatch.setattr(read, "CHUNK_CELLS", 20_480)  # a day starts at 20 lines a chunk
+    monkeypatch.setattr(read, "MIN_CHUNK_LINES", 1)
+    monkeypatch.setattr(read, "READ_BLOCK", 64)  # chunks are cut at block ends: here about every line
+    fits: list[tuple[int, int, int]] = []
+    fit = read.LineBudget.fit
+
+    def recorded_fit(budget: read.LineBudget, lines: int, cells: int) -> None:
+        fit(budget, lines, cells)
+        fits.append((lines, cells, budget.lines))
+
+    monkeypatch.setattr(read.LineBudget, "fit", recorded_fit)
+    _, chunked = loaded_tables(logs, warehouse, workers=1)
+    assert fits[0][0] <= 20 + 1 and sum(lines for lines, _, _ in fits) == 600
+    for (_, _, budget), (lines, _, _) in zip(fits, fits[1:]):
+        assert lines <= budget + 1
+    assert min(budget for _, _, budget in fits) < 20_480 / 300  # some chunk's rows were 300 cells wide
+    assert chunked.keys() == one_chunk.keys()
+    for table, rows in one_chunk.items():
+        assert chunked[table].select(sorted(rows.columns)).equals(rows.select(sorted(rows.columns))), table
+
+
 def test_a_second_run_of_a_day_waits_for_the_first_to_publish(tmp_path, caplog):
     # The schedule and a backfill may run one day at once: the second run must neither take the
     # first's staging folder for debris nor publish in between; it replaces the first whole. It
