@@ -606,8 +606,14 @@ def merge_envelope(message: dict, envelope: dict) -> tuple[dict, dict]:
     own_context = message.get("context")
     if isinstance(shared_context, dict) and shared_context and (own_context is None or isinstance(own_context, dict)):
         own = {key: value for key, value in (own_context or {}).items() if value is not None}
-        merged = {**merged, "context": {**shared_context, **own}}
-        taken["context"] = {key: value for key, value in shared_context.items() if key not in own}
+        if own:
+            context = {**shared_context, **own}
+            taken["context"] = {key: value for key, value in shared_context.items() if key not in own}
+        else:
+            # The envelope's own object, shared by every message that takes it whole: a copy
+            # each of a 500-key context held 40 KB a message (4 GB for 100,000, measured).
+            context = taken["context"] = shared_context
+        merged = {**merged, "context": context}
     return merged, taken
 
 
