@@ -19,8 +19,8 @@ import types
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -36,11 +36,11 @@ from etl.normalize import (
     ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
 )
 from etl.read import (
-    CHUNK_BYTES, FileBreak, LineBudget, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
+    CHUNK_BYTES, FileBreak, MessageBudget, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
 )
 from etl.validate import (
-    ORJSON_TOO_DEEP, OriginalTexts, TrackFields, ValidatedChunk, empty_times, make_room_for_deep_json, validate_break,
-    validate_chunk, validate_long_line,
+    ORJSON_TOO_DEEP, OriginalTexts, TrackFields, ValidatedChunk, empty_times, forget_stopped_envelope, make_room_for_deep_json,
+    validate_break, validate_chunk, validate_long_line,
 )
 from etl.registry import SchemaRegistry
 from etl.write import PartitionWriter, read_manifest
@@ -223,12 +223,18 @@ class WalkedWhileValidating:
         return self.context.rows
 
 
-def prepare_chunk(piece: Piece, received_date: dt.date, full_tables: dict[str, frozenset[str]] | None = None) -> PreparedChunk:
+def prepare_chunk(
+    piece: Piece, received_date: dt.date, full_tables: dict[str, frozenset[str]] | None = None, max_messages: int = sys.maxsize,
+) -> PreparedChunk:
     """`full_tables`: the event tables whose column cap is reached, with the path keys of their
-    columns (see `drop_paths_full_tables_cannot_take`)."""
+    columns (see `drop_paths_full_tables_cannot_take`). A chunk of lines stops after
+    `max_messages` messages, or after its lines if they are more (see `validate_chunk`)."""
     with collector_paused():
         walked = WalkedWhileValidating(piece.line_count()) if isinstance(piece, LineChunk) else None
-        chunk = validate_chunk(piece, walked.add) if walked is not None else VALIDATORS[type(piece)](piece)
+        if walked is not None:
+            chunk = validate_chunk(piece, walked.add, max(max_messages, piece.line_count()))
+        else:
+            chunk = VALIDATORS[type(piece)](piece)
         if walked is not None and walked.messages == len(chunk.accepted):
             tracks = tracks_frame(chunk, received_date, walked.context.series())
             gathered = walked.properties.by_event
@@ -249,8 +255,8 @@ class ChunkOutput:
 
     @property
     def cells(self) -> int:
-        """The cells of its accepted rows' frames, which size the next chunks (see LineBudget)."""
-        return sum(frame.height * frame.width for frame in (self.tracks, *self.events.frames.values()))
+        """The cells of its frames, which size the next chunks (see MessageBudget)."""
+        return sum(frame.height * frame.width for frame in (self.tracks, self.quarantine, *self.events.frames.values()))
 
 
 def finish_chunk(
@@ -315,28 +321,52 @@ class ChunkWorkers(ProcessPoolExecutor):
             sys.modules["__main__"] = main
 
 
+def going_on(piece: Piece, prepared: PreparedChunk) -> LineChunk | None:
+    """The rest of a chunk whose validation stopped at its message budget, if it did."""
+    resume = prepared.chunk.resume
+    return replace(piece, resume=resume) if resume is not None else None
+
+
 def prepared_in_order(
     pieces: Iterator[Piece], received_date: dt.date, workers: int, full_tables: dict[str, frozenset[str]],
+    budget: MessageBudget | None = None,
 ) -> Iterator[tuple[Piece, PreparedChunk]]:
     """Prepare chunks on `workers` processes, yielding them in input order (so output does not
-    depend on parallelism); at most two chunks per worker are in flight, bounding memory.
+    depend on parallelism); at most two chunks per worker are in flight, bounding memory, each
+    stopping after `budget.messages` messages (the rest of a chunk that stops goes first in line).
     `full_tables` grows as the consumer finds tables full; each chunk takes it as it is then."""
+    budget = budget or MessageBudget()
     if workers <= 1:
-        for piece in pieces:
-            yield piece, prepare_chunk(piece, received_date, full_tables)
+        try:
+            for piece in pieces:
+                while piece is not None:
+                    prepared = prepare_chunk(piece, received_date, full_tables, budget.messages)
+                    yield piece, prepared
+                    piece = going_on(piece, prepared)
+        finally:
+            forget_stopped_envelope()
         return
     pool = ChunkWorkers(workers)
+
+    def submit(piece: Piece) -> tuple[Piece, Future]:
+        # A copy: the pool pickles it later, on its own thread, while the consumer may add to it.
+        return piece, pool.submit(prepare_chunk, piece, received_date, dict(full_tables), budget.messages)
+
+    def oldest() -> tuple[Piece, PreparedChunk]:
+        piece, future = in_flight.popleft()
+        prepared = future.result()
+        if (rest := going_on(piece, prepared)) is not None:
+            in_flight.appendleft(submit(rest))
+        return piece, prepared
+
     try:
-        in_flight: deque = deque()
+        in_flight: deque[tuple[Piece, Future]] = deque()
         for piece in pieces:
-            # A copy: the pool pickles it later, on its own thread, while the consumer may add to it.
-            in_flight.append((piece, pool.submit(prepare_chunk, piece, received_date, dict(full_tables))))
-            if len(in_flight) >= 2 * workers:
-                done, future = in_flight.popleft()
-                yield done, future.result()
+            in_flight.append(submit(piece))
+            while len(in_flight) >= 2 * workers:
+                yield oldest()
         while in_flight:
-            done, future = in_flight.popleft()
-            yield done, future.result()
+            yield oldest()
     except BaseException:  # an interrupt, an error, or the consumer giving up (GeneratorExit)
         pool.stop()
         raise
@@ -359,7 +389,7 @@ def worker_count(files: list[Path]) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
-def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int, budget: LineBudget) -> Iterator[Piece]:
+def day_pieces(logs_root: Path, files: list[Path], day: str, chunk_bytes: int, budget: MessageBudget) -> Iterator[Piece]:
     for path in files:
         source = relative_source(logs_root, path)
         log.info("%s: reading %s", day, source)
@@ -415,10 +445,10 @@ def load_day(
     context_columns: set[str] = set()
     registry = SchemaRegistry(warehouse, loading_day=day)
     with PartitionWriter(warehouse, day) as writer:
-        budget = LineBudget()
+        budget = MessageBudget()
         pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes, budget), chunk_bytes, budget)
         full_tables: dict[str, frozenset[str]] = {}
-        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files), full_tables):
+        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files), full_tables, budget):
             with collector_paused():
                 out = finish_chunk(prepared, piece, quarantined_at, seen, registry, context_columns)
             for event in prepared.gathered:
@@ -443,8 +473,8 @@ def load_day(
             summary.quarantined += out.quarantine.height
             summary.discards += discards.height
             summary.values_over_column_cap += out.events.over_cap_values
-            if isinstance(piece, LineChunk):
-                budget.fit(piece.line_count(), out.cells)
+            if isinstance(piece, LineChunk):  # a long line or a break is one row, whatever the day's width
+                budget.fit(chunk.messages, out.cells)
             # Let this chunk's frames go before the next one's are made, not after (two 1 GB
             # chunks of a wide event table were held at once, measured).
             del prepared, out, frames

@@ -24,10 +24,10 @@ CHUNK_BYTES = 4 * 1024 * 1024  # 8 MB: 4 % less CPU, 165 MB more peak (main + 2 
 CHUNK_LINES = 65_536
 # And by width: a frame holds 16 bytes a cell of a string column, null or not, so 65,536 short
 # lines that each set one of 1,000 sparse property keys made a 1 GB event table (measured). A
-# load lowers its line budget to keep a chunk's frames near this many cells (see `LineBudget`);
+# load lowers its message budget to keep a chunk's frames near this many cells (see `MessageBudget`);
 # a usual chunk (5,000 lines of 80 columns) is far below it.
 CHUNK_CELLS = 8 * 1024 * 1024
-MIN_CHUNK_LINES = 1_024
+MIN_CHUNK_MESSAGES = 1_024
 # No sender writes a line this long (Segment caps a batch at 500 KB, RudderStack at 4 MB), and a
 # line is held whole, at ~12x its size once decoded and framed: a 255 KB gzip of one 250 MB line
 # peaked at 3 GB. A longer line keeps only its start (see LongLine).
@@ -37,25 +37,27 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 @dataclass
-class LineBudget:
-    """How many lines a chunk may take; the reader asks it at every chunk it cuts.
+class MessageBudget:
+    """How many messages a chunk may take, a plain line being one: the reader cuts chunks at as
+    many lines, and validation stops a chunk past as many messages, inside a batch envelope if
+    need be (see `validate_chunk`).
 
     A day starts as if its rows were 1,024 columns wide: the chunks that are cut before the first
     one is measured (five with two workers) would otherwise each take CHUNK_LINES lines however
     wide. A usual chunk is cut by its bytes before that many lines."""
 
-    lines: int = field(default_factory=lambda: lines_making_chunk_cells(1_024))
+    messages: int = field(default_factory=lambda: messages_making_chunk_cells(1_024))
 
-    def fit(self, lines: int, cells: int) -> None:
-        """Size the next chunks after the last: its `lines` lines made `cells` (the columns its
-        frames have, times their rows)."""
-        if lines and cells:
-            self.lines = lines_making_chunk_cells(cells / lines)
+    def fit(self, messages: int, cells: int) -> None:
+        """Size the next chunks after the last: its `messages` made `cells` (the columns of its
+        frames times their rows)."""
+        if messages and cells:
+            self.messages = messages_making_chunk_cells(cells / messages)
 
 
-def lines_making_chunk_cells(cells_per_line: float) -> int:
-    """About CHUNK_CELLS cells' worth of lines, within MIN_CHUNK_LINES … CHUNK_LINES."""
-    return min(CHUNK_LINES, max(MIN_CHUNK_LINES, int(CHUNK_CELLS / cells_per_line)))
+def messages_making_chunk_cells(cells_per_message: float) -> int:
+    """About CHUNK_CELLS cells' worth of messages, within MIN_CHUNK_MESSAGES … CHUNK_LINES."""
+    return min(CHUNK_LINES, max(MIN_CHUNK_MESSAGES, int(CHUNK_CELLS / cells_per_message)))
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class LineChunk:
     # Known to the reader, which counted each block's newlines already: counting the chunk again
     # (and again to join it) took a second of the main process for 1M events, measured.
     counted_lines: int | None = field(default=None, compare=False, repr=False)
+    # Where validation starts: (line offset, batch index). A chunk's validation stops after its
+    # message budget, inside a batch envelope if need be, and goes on from here in the chunk
+    # again (see `validate_chunk`): one 16 MB line may hold millions of messages.
+    resume: tuple[int, int] = (0, 0)
 
     def lines(self) -> list[bytes]:
         return self.blob.split(b"\n")
@@ -270,15 +276,15 @@ Piece = LineChunk | LongLine | FileBreak
 
 
 def read_chunks(
-    path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES, budget: LineBudget | None = None,
+    path: Path, source_file: str, chunk_bytes: int = CHUNK_BYTES, budget: MessageBudget | None = None,
 ) -> Iterator[Piece]:
-    """Yield a file's complete lines in chunks of about `chunk_bytes` (or about `budget.lines` lines),
+    """Yield a file's complete lines in chunks of about `chunk_bytes` (or `budget.messages` lines),
     a LongLine for each line over MAX_LINE_BYTES, then a FileBreak if the file broke.
 
     A chunk never splits a line. A line cut off by a break is not yielded as a line: it is the
     `partial_line` of the FileBreak, numbered as the line it would have been.
     """
-    budget = budget or LineBudget()
+    budget = budget or MessageBudget()
     parts: list[bytes] = []
     size = newlines = tail = 0  # `tail`: bytes of the unfinished last line in `parts`
     next_line = 1
@@ -333,7 +339,7 @@ def read_chunks(
         # Blocks are joined only when a full chunk has a line end to cut at: a line longer
         # than a chunk is gathered whole and joined once (joining it again at every block
         # took 10 s for a 94 MB one-line `.json` export, quadratic in its length).
-        if (size < chunk_bytes and newlines < budget.lines) or not in_block:
+        if (size < chunk_bytes and newlines < budget.messages) or not in_block:
             return
         chunk, rest = complete_lines(b"".join(parts), newlines)
         parts, size, newlines = [rest], len(rest), 0
@@ -373,11 +379,11 @@ def joined(chunks: list[LineChunk]) -> LineChunk:
     return LineChunk(chunks[0].source_file, chunks[0].first_line_number, blob, files, sum(f.lines for f in files))
 
 
-def coalesced(pieces: Iterable[Piece], chunk_bytes: int = CHUNK_BYTES, budget: LineBudget | None = None) -> Iterator[Piece]:
+def coalesced(pieces: Iterable[Piece], chunk_bytes: int = CHUNK_BYTES, budget: MessageBudget | None = None) -> Iterator[Piece]:
     """Join consecutive line chunks, in order, while they fit in one chunk (`chunk_bytes`,
-    `budget.lines`): every chunk costs a few ms of frame building whatever its size, which a day
+    `budget.messages`): every chunk costs a few ms of frame building whatever its size, which a day
     of thousands of small files paid per file. A chunk that is full already passes as it is."""
-    budget = budget or LineBudget()
+    budget = budget or MessageBudget()
     pending: list[LineChunk] = []
     size = lines = 0
     for piece in pieces:
@@ -388,12 +394,12 @@ def coalesced(pieces: Iterable[Piece], chunk_bytes: int = CHUNK_BYTES, budget: L
             yield piece
             continue
         count = piece.line_count()
-        if pending and (size + len(piece.blob) >= chunk_bytes or lines + count > budget.lines):
+        if pending and (size + len(piece.blob) >= chunk_bytes or lines + count > budget.messages):
             yield joined(pending)
             pending, size, lines = [], 0, 0
         pending.append(piece)
         size, lines = size + len(piece.blob) + 1, lines + count
-        if size >= chunk_bytes or lines >= budget.lines:  # no piece can join it: cut before the budget changes
+        if size >= chunk_bytes or lines >= budget.messages:  # no piece can join it: cut before the budget changes
             yield joined(pending)
             pending, size, lines = [], 0, 0
     if pending:

@@ -15,6 +15,7 @@ import json
 import operator
 import re
 import sys
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -463,14 +464,25 @@ def decode_raw(line: bytes) -> str:
     return line.decode("utf-8", "trackhouse_each_byte")
 
 
-def batch_item_spans(text: str) -> list[tuple[int, int]]:
+class ItemSpans(NamedTuple):
+    """Where each element of a batch array starts and ends in its line's text (character
+    offsets): two arrays of integers, not a tuple each, since a 16 MB line may hold 8 million
+    (1.1 GB as tuples, measured)."""
+
+    starts: array
+    ends: array
+
+    def text(self, text: str, index: int) -> str:
+        return text[self.starts[index] : self.ends[index]]
+
+
+def batch_item_spans(text: str) -> ItemSpans:
     """Character spans of each element of the top-level "batch" array, as written in the line.
 
     Used only for quarantined batch messages, so their `raw` is the exact original text.
     The last top-level "batch" key wins, as in the JSON parser.
     """
-    spans: list[tuple[int, int]] = []
-    current: list[tuple[int, int]] = []
+    spans = current = ItemSpans(array("q"), array("q"))
     depth = 0
     key: str | None = None
     expecting_key = False
@@ -481,7 +493,8 @@ def batch_item_spans(text: str) -> list[tuple[int, int]]:
         start = item_start + (len(text[item_start:end]) - len(text[item_start:end].lstrip()))
         stop = start + len(text[start:end].rstrip())
         if stop > start:
-            current.append((start, stop))
+            current.starts.append(start)
+            current.ends.append(stop)
 
     for token in JSON_TOKEN.finditer(text):
         kind = token.group()
@@ -489,7 +502,7 @@ def batch_item_spans(text: str) -> list[tuple[int, int]]:
             depth += 1
             expecting_key = kind == "{" and depth == 1
             if depth == 2 and kind == "[" and key == "batch":
-                in_batch, current, item_start = True, [], token.end()
+                in_batch, current, item_start = True, ItemSpans(array("q"), array("q")), token.end()
         elif kind in "}]":
             if in_batch and depth == 2:
                 close_item(token.start())
@@ -534,6 +547,7 @@ class ValidatedChunk:
     envelopes: int = 0
     messages: int = 0
     times: pl.DataFrame = field(default_factory=empty_times)
+    resume: tuple[int, int] | None = None  # where the chunk goes on, if validation stopped at its message budget
 
     @classmethod
     def empty(cls, source_file: str) -> "ValidatedChunk":
@@ -585,8 +599,7 @@ class OriginalTexts:
             text = self.line_text(line_number)
             split = self.batches[line_number] = (text, batch_item_spans(text))
         text, spans = split
-        start, end = spans[batch_index]
-        return text[start:end]
+        return spans.text(text, batch_index)
 
 
 def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
@@ -617,21 +630,51 @@ def merge_envelope(message: dict, envelope: dict) -> tuple[dict, dict]:
     return merged, taken
 
 
-def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, envelope: dict) -> None:
-    """Validate each message of a batch on its own; raw text is sliced only for rejects."""
-    text: str | None = None
-    spans: list[tuple[int, int]] = []
+class EnvelopeLine:
+    """A batch envelope line, parsed; split into its messages' texts only once a raw text is needed."""
 
-    def item_text(index: int) -> str:
-        nonlocal text, spans
-        if text is None:
-            text = line.decode("utf-8")
-            spans = batch_item_spans(text)
-        start, end = spans[index]
-        return text[start:end]
+    def __init__(self, line: bytes, envelope: dict) -> None:
+        self.line, self.envelope = line, envelope
+        self.text: str | None = None
+        self.spans: ItemSpans | None = None
 
+    def item_text(self, index: int) -> str:
+        if self.text is None or self.spans is None:
+            self.text = self.line.decode("utf-8")
+            self.spans = batch_item_spans(self.text)
+        return self.spans.text(self.text, index)
+
+
+# The envelope a chunk stopped inside, for the part that goes on with it if it comes to this
+# process: splitting a 16 MB line of 8 million items takes seconds, which each part would pay.
+stopped_envelope: EnvelopeLine | None = None
+
+
+def forget_stopped_envelope() -> None:
+    """Let go of an envelope that no part will go on with: its load stopped."""
+    global stopped_envelope
+    stopped_envelope = None
+
+
+def resumed_envelope(line: bytes) -> EnvelopeLine:
+    if stopped_envelope is not None and stopped_envelope.line == line:
+        return stopped_envelope
+    return EnvelopeLine(line, parse_line(line))
+
+
+def validate_envelope(result: ValidatedChunk, line_number: int, batch: EnvelopeLine, first: int, max_messages: int) -> int | None:
+    """Validate each message of a batch on its own, from index `first`; raw text is sliced only
+    for rejects. Returns the index to go on from if the chunk reached `max_messages` first."""
+    global stopped_envelope
+    line, envelope, item_text = batch.line, batch.envelope, batch.item_text
+    items = envelope["batch"]
     may_have_long_array = line.count(b",") >= MAX_ARRAY_ITEMS
-    for index, item in enumerate(envelope["batch"]):
+    for index in range(first, len(items)):
+        if result.messages >= max_messages:
+            stopped_envelope = batch
+            return index
+        result.messages += 1
+        item = items[index]
         # Only a line over the limit can hold a message text over it: measure exactly there alone.
         size = len(item_text(index).encode()) if len(line) > MAX_PAYLOAD_BYTES else 0
         if not isinstance(item, dict):
@@ -652,6 +695,9 @@ def validate_envelope(result: ValidatedChunk, line_number: int, line: bytes, env
             result.reject(line_number, index, item_text(index), failures, identity(item.get("messageId")))
         else:
             result.accept(line_number, index, fields)
+    if stopped_envelope is batch:
+        stopped_envelope = None
+    return None
 
 
 LONG_DIGIT_RUN = b"0" * 19  # the shortest integer past 64 bits (9223372036854775808) has 19 digits
@@ -725,33 +771,39 @@ def parse_line(line: bytes) -> Any:
     return parsed
 
 
-def validate_line(result: ValidatedChunk, line_number: int, line: bytes) -> None:
+def validate_line(result: ValidatedChunk, line_number: int, line: bytes, first: int = 0, max_messages: int = sys.maxsize) -> int | None:
+    """Validate one line, or go on with its batch envelope from index `first`. Returns the batch
+    index to go on from if the chunk reached `max_messages` inside the envelope."""
     line = clean_line(line)
+    if first:
+        return validate_envelope(result, line_number, resumed_envelope(line), first, max_messages)
+    result.lines += 1
     if not line or line.isspace():  # what `not line.strip()` says, without copying the line
         result.blank_lines += 1
-        return
-    result.messages += 1
+        return None
     try:
         parsed = parse_line(line)
     except orjson.JSONDecodeError as error:
+        result.messages += 1
         raw = decode_raw(line)
         detail = "not valid UTF-8" if "\ufffd" in raw and raw.encode() != line else str(error).split(":")[0]
         result.reject(line_number, None, raw, [("invalid_json", f"Line is not valid JSON: {detail}"), *size_failures(len(line))])
-        return
+        return None
     if not isinstance(parsed, dict):
+        result.messages += 1
         result.reject(line_number, None, line.decode(), not_an_object(parsed, len(line)))
-        return
+        return None
     batch = parsed.get("batch")
     if isinstance(batch, list) and batch:
         result.envelopes += 1
-        result.messages += len(batch) - 1
-        validate_envelope(result, line_number, line, parsed)
-        return
+        return validate_envelope(result, line_number, EnvelopeLine(line, parsed), 0, max_messages)
+    result.messages += 1
     failures, fields = check_message(parsed, len(line), line.count(b",") >= MAX_ARRAY_ITEMS)
     if fields is None:
         result.reject(line_number, None, line.decode(), failures, identity(parsed.get("messageId")))
     else:
         result.accept(line_number, None, fields)
+    return None
 
 
 def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_number: int) -> None:
@@ -816,21 +868,36 @@ def settle_timestamps(result: ValidatedChunk, lines: list[bytes], first_line_num
 LINES_PER_BATCH = 256  # 128-1,024 measured alike; a whole chunk's messages outgrow the CPU's caches
 
 
-def validate_chunk(chunk: LineChunk, take_accepted: Callable[[list[TrackFields]], None] | None = None) -> ValidatedChunk:
-    """Validate every line of a chunk; a bad line is quarantined, never raised.
+def validate_chunk(
+    chunk: LineChunk, take_accepted: Callable[[list[TrackFields]], None] | None = None, max_messages: int = sys.maxsize,
+) -> ValidatedChunk:
+    """Validate the lines of a chunk from `chunk.resume`; a bad line is quarantined, never raised.
+
+    Stops once `max_messages` are validated, between lines or inside a batch envelope, and says
+    in `resume` where the chunk goes on: the memory a chunk takes grows with its messages, and
+    one line may hold millions of them, each taking the envelope's context.
 
     `take_accepted` gets the accepted messages in order, those of each LINES_PER_BATCH lines as
     soon as they are validated, so that a later walk over them finds them still in the CPU's
     cache. `settle_timestamps` may yet move some of them to quarantine."""
     result = ValidatedChunk.empty(chunk.source_file)
     lines = chunk.lines()
-    for start in range(0, len(lines), LINES_PER_BATCH):
-        taken = len(result.accepted)
-        for line_number, line in enumerate(lines[start : start + LINES_PER_BATCH], chunk.first_line_number + start):
-            validate_line(result, line_number, line)
-        if take_accepted is not None and len(result.accepted) > taken:
+    offset, first = chunk.resume
+    taken = 0
+    while offset < len(lines):
+        if result.messages >= max_messages:
+            result.resume = (offset, 0)
+            break
+        going_on = validate_line(result, chunk.first_line_number + offset, lines[offset], first, max_messages)
+        if going_on is not None:
+            result.resume = (offset, going_on)
+            break
+        offset, first = offset + 1, 0
+        if take_accepted is not None and offset % LINES_PER_BATCH == 0 and len(result.accepted) > taken:
             take_accepted(result.accepted[taken:])
-    result.lines = len(lines)
+            taken = len(result.accepted)
+    if take_accepted is not None and len(result.accepted) > taken:
+        take_accepted(result.accepted[taken:])
     settle_timestamps(result, lines, chunk.first_line_number)
     return result
 

@@ -426,6 +426,50 @@ def test_a_retried_batch_is_split_once_per_line_not_once_per_duplicate(logs, war
     assert quarantine_rows(warehouse).sort("batch_index")["raw"][7] == json.dumps(track(messageId="m7", user_id="u7"))
 
 
+def in_provenance_order(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    keys = ("source_file", "line_number", "batch_index", "message_id")
+    return {name: rows.sort([key for key in keys if key in rows.columns], nulls_last=True) for name, rows in tables.items()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_batch_envelope_over_the_message_budget_loads_in_parts_as_it_loads_whole(logs, tmp_path, monkeypatch, workers):
+    # One 16 MB line may hold millions of messages, each taking the envelope's context: a chunk
+    # stops after its message budget, inside the envelope, and the rest goes on as the next chunk.
+    # Duplicates, rejects and raw texts come out as they do from the line loaded in one piece.
+    envelope = {
+        "sentAt": "2025-01-15T10:00:00Z", "context": {"ip": "1.1.1.1", "app": {"name": "shop"}},
+        "batch": [track(messageId=f"m{n % 40}", properties={"n": n}) if n % 7 else 7 for n in range(60)],
+    }
+    write_log(logs / DAY / "a.ndjson", [track(messageId="m5"), envelope, "", track(messageId="m3"), {"batch": [track()] * 3}])
+    whole_summary, whole = loaded_tables(logs, tmp_path / "whole", workers=workers)
+    monkeypatch.setattr(read, "CHUNK_LINES", 8)  # at most 8 messages a chunk
+    monkeypatch.setattr(read, "MIN_CHUNK_MESSAGES", 1)
+    parts: list[tuple[int, int]] = []
+    going_on = pipeline.going_on
+    monkeypatch.setattr(pipeline, "going_on", lambda piece, prepared: parts.append(prepared.chunk.resume) or going_on(piece, prepared))
+    summary, in_parts = loaded_tables(logs, tmp_path / "in-parts", workers=workers)
+    assert [resume for resume in parts if resume is not None][:3] == [(1, 7), (1, 15), (1, 23)]
+    assert summary == whole_summary and summary["quarantined_by_reason"]["duplicate_message_id"] > 0
+    assert in_parts.keys() == whole.keys()
+    for table, rows in in_provenance_order(whole).items():
+        assert in_provenance_order(in_parts)[table].equals(rows), table
+
+
+def test_a_batch_envelope_resumed_in_the_same_process_is_parsed_and_split_once(logs, warehouse, monkeypatch):
+    envelope = {"batch": [7] * 30}  # every message quarantined: each part needs raw texts
+    write_log(logs / DAY / "a.ndjson", [envelope])
+    monkeypatch.setattr(read, "CHUNK_LINES", 4)
+    monkeypatch.setattr(read, "MIN_CHUNK_MESSAGES", 1)
+    splits, parses = Counter(), Counter()
+    split, parse = validate.batch_item_spans, validate.parse_line
+    monkeypatch.setattr(validate, "batch_item_spans", lambda text: splits.update([text]) or split(text))
+    monkeypatch.setattr(validate, "parse_line", lambda line: parses.update([line]) or parse(line))
+    summary = load_day(logs, warehouse, DAY, workers=1)
+    assert summary.quarantined == 30 and sorted(quarantine_rows(warehouse)["batch_index"]) == list(range(30))
+    assert list(splits.values()) == [1] and list(parses.values()) == [1]
+    assert validate.stopped_envelope is None  # nothing held once the line is done
+
+
 def test_a_name_that_is_not_utf8_and_one_spelling_its_escape_stay_two_source_files(logs, warehouse):
     write_log(logs / DAY / "caf\\xe9.ndjson", [track(messageId="typed")])
     with open(os.fsencode(logs / DAY) + b"/caf\xe9.ndjson", "wb") as log_file:
@@ -936,16 +980,16 @@ def test_a_day_of_wide_sparse_rows_is_cut_into_chunks_as_narrow_as_its_width_all
     ])
     _, one_chunk = loaded_tables(logs, tmp_path / "one-chunk", workers=1)
     monkeypatch.setattr(read, "CHUNK_CELLS", 20_480)  # a day starts at 20 lines a chunk
-    monkeypatch.setattr(read, "MIN_CHUNK_LINES", 1)
+    monkeypatch.setattr(read, "MIN_CHUNK_MESSAGES", 1)
     monkeypatch.setattr(read, "READ_BLOCK", 64)  # chunks are cut at block ends: here about every line
     fits: list[tuple[int, int, int]] = []
-    fit = read.LineBudget.fit
+    fit = read.MessageBudget.fit
 
-    def recorded_fit(budget: read.LineBudget, lines: int, cells: int) -> None:
+    def recorded_fit(budget: read.MessageBudget, lines: int, cells: int) -> None:
         fit(budget, lines, cells)
-        fits.append((lines, cells, budget.lines))
+        fits.append((lines, cells, budget.messages))
 
-    monkeypatch.setattr(read.LineBudget, "fit", recorded_fit)
+    monkeypatch.setattr(read.MessageBudget, "fit", recorded_fit)
     _, chunked = loaded_tables(logs, warehouse, workers=1)
     assert fits[0][0] <= 20 + 1 and sum(lines for lines, _, _ in fits) == 600
     for (_, _, budget), (lines, _, _) in zip(fits, fits[1:]):

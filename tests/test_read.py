@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 import etl.read
 from etl.read import (
-    FileBreak, FileLines, LineBudget, LineChunk, LongLine, coalesced, list_day_files, list_days, read_chunks, readable_path,
+    FileBreak, FileLines, MessageBudget, LineChunk, LongLine, coalesced, list_day_files, list_days, read_chunks, readable_path,
     skipped_entries,
 )
 
@@ -299,10 +299,10 @@ def test_a_chunk_takes_no_more_lines_than_its_budget_says_when_cut(tmp_path, mon
     # The load lowers the budget as it learns how wide the day's rows are; the next chunk obeys.
     monkeypatch.setattr(etl.read, "READ_BLOCK", 64)  # 32 lines a block
     expected = [b"0"] * 1_000
-    budget = LineBudget(lines=500)
+    budget = MessageBudget(messages=500)
     pieces = read_chunks(write(tmp_path / "zeros.ndjson", b"\n".join(expected)), "zeros.ndjson", budget=budget)
     chunks = [next(pieces)]
-    budget.lines = 100
+    budget.messages = 100
     chunks.extend(pieces)
     assert 500 <= len(chunks[0].lines()) <= 500 + 32
     assert max(len(chunk.lines()) for chunk in chunks[1:]) <= 100 + 32
@@ -311,7 +311,7 @@ def test_a_chunk_takes_no_more_lines_than_its_budget_says_when_cut(tmp_path, mon
 
 def test_small_files_are_joined_only_up_to_the_line_budget():
     pieces = [LineChunk(f"{n}.ndjson", 1, b"0\n0") for n in range(10)]
-    assert [chunk.line_count() for chunk in coalesced(pieces, budget=LineBudget(lines=5))] == [4, 4, 4, 4, 4]
+    assert [chunk.line_count() for chunk in coalesced(pieces, budget=MessageBudget(messages=5))] == [4, 4, 4, 4, 4]
 
 
 @pytest.mark.parametrize(
@@ -319,14 +319,14 @@ def test_small_files_are_joined_only_up_to_the_line_budget():
     [(4_096, 4_096 * 2_048, 4_096), (4_096, 4_096 * 10, 65_536), (4_096, 4_096 * 100_000, 1_024), (4_096, 0, 8_192)],
     ids=["2,048 columns", "narrow rows: the line cap", "very wide rows: the floor", "nothing measured"],
 )
-def test_the_line_budget_aims_at_chunk_cells_within_its_bounds(monkeypatch, lines, cells, budget):
+def test_the_message_budget_aims_at_chunk_cells_within_its_bounds(monkeypatch, lines, cells, budget):
     monkeypatch.setattr(etl.read, "CHUNK_CELLS", 8 * 1024 * 1024)
     monkeypatch.setattr(etl.read, "CHUNK_LINES", 65_536)
-    monkeypatch.setattr(etl.read, "MIN_CHUNK_LINES", 1_024)
-    measured = LineBudget()
-    assert measured.lines == 8_192  # a day starts as if 1,024 columns wide
+    monkeypatch.setattr(etl.read, "MIN_CHUNK_MESSAGES", 1_024)
+    measured = MessageBudget()
+    assert measured.messages == 8_192  # a day starts as if 1,024 columns wide
     measured.fit(lines, cells)
-    assert measured.lines == budget
+    assert measured.messages == budget
 
 
 @pytest.mark.parametrize("suffix", [".ndjson", ".ndjson.gz"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -781,6 +782,57 @@ def test_plain_line_has_no_batch_index_and_its_physical_line_number():
 
 
 # --- batch envelopes ------------------------------------------------------------------------
+
+
+BUDGET_LINES = st.sampled_from([
+    json.dumps(track(messageId="plain")), "", "not json", "[1]",
+    json.dumps({"sentAt": "2025-01-15T10:00:00Z", "context": {"ip": "1.1.1.1"}, "batch": [
+        track(messageId="b0"), 7, track(event="$bad"), track(timestamp="noon"), track(context={"ip": None}), {"userId": "u"},
+    ]}),
+    json.dumps({"batch": [track(messageId=f"m{n}") for n in range(3)], "batch ": 1}),
+])
+
+
+def quarantine_rows(chunk: ValidatedChunk) -> list[tuple]:
+    return list(zip(
+        chunk.quarantine_line, [-1 if index is None else index for index in chunk.quarantine_batch_index], chunk.quarantine_raw,
+        chunk.quarantine_reasons, chunk.quarantine_message, chunk.quarantine_message_id,
+    ))
+
+
+def validated_in_parts(chunk: LineChunk, max_messages: int) -> list[ValidatedChunk]:
+    parts = [validate_chunk(chunk, max_messages=max_messages)]
+    while parts[-1].resume is not None:
+        parts.append(validate_chunk(replace(chunk, resume=parts[-1].resume), max_messages=max_messages))
+    return parts
+
+
+@settings(max_examples=150)
+@given(st.lists(BUDGET_LINES, min_size=1, max_size=8), st.integers(1, 8))
+def test_a_chunk_validated_in_parts_of_its_message_budget_gives_what_one_pass_gives(lines, max_messages):
+    # One line may hold millions of messages, so a chunk stops after its budget, inside a batch
+    # envelope if need be, and goes on from there: nothing is validated twice or skipped.
+    chunk = LineChunk("2025-01-15/events.ndjson", 1, "\n".join(lines).encode())
+    whole = validate_chunk(chunk)
+    parts = validated_in_parts(chunk, max_messages)
+    assert all(part.messages <= max_messages for part in parts[:-1]) and whole.resume is None
+    assert all(part.messages >= 1 or part.lines for part in parts)  # each part makes progress
+    for name in ("lines", "blank_lines", "envelopes", "messages"):
+        assert sum(getattr(part, name) for part in parts) == getattr(whole, name), name
+    for name in ("accepted", "accepted_line", "accepted_batch_index"):
+        assert [row for part in parts for row in getattr(part, name)] == getattr(whole, name), name
+    assert pl.concat([part.times for part in parts]).equals(whole.times)
+    # Quarantine rows keep no order within a chunk (a late timestamp failure comes last).
+    assert sorted(row for part in parts for row in quarantine_rows(part)) == sorted(quarantine_rows(whole))
+
+
+def test_a_batch_envelope_stops_at_the_message_budget_and_goes_on_from_the_next_message():
+    envelope = {"batch": [track(messageId=f"m{n}") for n in range(5)]}
+    chunk = LineChunk("2025-01-15/events.ndjson", 1, f"{json.dumps(track())}\n{json.dumps(envelope)}".encode())
+    parts = validated_in_parts(chunk, max_messages=2)
+    assert [part.resume for part in parts] == [(1, 1), (1, 3), None]
+    assert [part.accepted_batch_index for part in parts] == [[None, 0], [1, 2], [3, 4]]
+    assert [(part.lines, part.envelopes, part.messages) for part in parts] == [(2, 1, 2), (0, 0, 2), (0, 0, 2)]
 
 
 def test_batch_gives_one_result_per_message_with_index_and_envelope_line():
