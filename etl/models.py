@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.scope import build_scope
 
-from etl.catalog import parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
+from etl.catalog import MEMORY_LIMIT, parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
 from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -33,7 +33,6 @@ MARTS = "marts"
 # checks compare the marts with those days only, as they were (a day published or run again
 # since has other files, and waits for the next refresh).
 MODELLED_DAYS = ".modelled_days.json"
-MEMORY_LIMIT = "512MB"
 # DuckDB's Parquet writer holds a row group (122,880 rows by default) in memory: with hundreds of
 # context columns, stg_tracks over 94k rows ran out of MEMORY_LIMIT. Row groups end at this size.
 ROW_GROUP_BYTES = "32MB"

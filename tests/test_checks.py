@@ -170,6 +170,20 @@ def test_a_fatal_duckdb_error_in_one_check_gives_the_checks_after_it_a_new_share
             database.execute("select 1")
 
 
+def test_the_checks_database_spills_past_its_memory_limit_to_a_folder_it_removes(monkeypatch, tmp_path):
+    # Conservation groups every message of the day: 20M quarantine rows took 2.4 GB unbounded.
+    monkeypatch.setattr(catalog, "MEMORY_LIMIT", "64MB")
+    monkeypatch.setattr(catalog.tempfile, "gettempdir", lambda: str(tmp_path))
+    with catalog.shared_scratch_database():
+        assert catalog.scratch_rows("select current_setting('memory_limit')") == [("61.0 MiB",)]
+        groups = "select count(*) from (select i % 3000000 as k, count(*) from range(6000000) t(i) group by k)"
+        with catalog.scratch_cursor() as cursor:
+            assert cursor.execute(groups).fetchall() == [(3_000_000,)]
+            spilled = [path for path in tmp_path.glob("trackhouse-scratch-*/*")]
+        assert spilled  # it spilled rather than failing or growing
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_model_checks_views_are_its_own_cursors_and_gone_after_it(logs, warehouse):
     # Another check on the shared database must never read them (a check on another warehouse,
     # or its `changed_days`, would otherwise be read through names this one made).
