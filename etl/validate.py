@@ -586,20 +586,18 @@ class OriginalTexts:
     def __init__(self, lines: list[bytes], first_line_number: int) -> None:
         self.lines = lines
         self.first_line_number = first_line_number
-        self.batches: dict[int, tuple[str, list[tuple[int, int]]]] = {}
+        self.batches: dict[int, EnvelopeLine] = {}
 
-    def line_text(self, line_number: int) -> str:
-        return clean_line(self.lines[line_number - self.first_line_number]).decode()
+    def line(self, line_number: int) -> bytes:
+        return clean_line(self.lines[line_number - self.first_line_number])
 
     def at(self, line_number: int, batch_index: int | None) -> str:
         if batch_index is None:
-            return self.line_text(line_number)
-        split = self.batches.get(line_number)
-        if split is None:
-            text = self.line_text(line_number)
-            split = self.batches[line_number] = (text, batch_item_spans(text))
-        text, spans = split
-        return spans.text(text, batch_index)
+            return self.line(line_number).decode()
+        batch = self.batches.get(line_number)
+        if batch is None:
+            batch = self.batches[line_number] = envelope_line(self.line(line_number))
+        return batch.item_text(batch_index)
 
 
 def not_an_object(value: Any, size: int) -> list[tuple[str, str]]:
@@ -631,9 +629,10 @@ def merge_envelope(message: dict, envelope: dict) -> tuple[dict, dict]:
 
 
 class EnvelopeLine:
-    """A batch envelope line, parsed; split into its messages' texts only once a raw text is needed."""
+    """A batch envelope line: parsed when validated, split into its messages' texts only once a
+    raw text is needed."""
 
-    def __init__(self, line: bytes, envelope: dict) -> None:
+    def __init__(self, line: bytes, envelope: dict | None = None) -> None:
         self.line, self.envelope = line, envelope
         self.text: str | None = None
         self.spans: ItemSpans | None = None
@@ -645,21 +644,30 @@ class EnvelopeLine:
         return self.spans.text(self.text, index)
 
 
-# The envelope a chunk stopped inside, for the part that goes on with it if it comes to this
-# process: splitting a 16 MB line of 8 million items takes seconds, which each part would pay.
+# The envelope this process last stopped a chunk inside, kept parsed and split for the parts that
+# go on with it here: splitting a 16 MB line of 8 million items takes seconds, which each part
+# would pay again (for its rejects, its late timestamp failures, its duplicates). One process
+# may keep it after another finished the envelope, until it stops inside another.
 stopped_envelope: EnvelopeLine | None = None
 
 
 def forget_stopped_envelope() -> None:
-    """Let go of an envelope that no part will go on with: its load stopped."""
     global stopped_envelope
     stopped_envelope = None
 
 
-def resumed_envelope(line: bytes) -> EnvelopeLine:
+def envelope_line(line: bytes) -> EnvelopeLine:
+    """`line` as the envelope this process stopped inside, if it is that one."""
     if stopped_envelope is not None and stopped_envelope.line == line:
         return stopped_envelope
-    return EnvelopeLine(line, parse_line(line))
+    return EnvelopeLine(line)
+
+
+def resumed_envelope(line: bytes) -> EnvelopeLine:
+    batch = envelope_line(line)
+    if batch.envelope is None:
+        batch.envelope = parse_line(line)
+    return batch
 
 
 def validate_envelope(result: ValidatedChunk, line_number: int, batch: EnvelopeLine, first: int, max_messages: int) -> int | None:
@@ -695,8 +703,6 @@ def validate_envelope(result: ValidatedChunk, line_number: int, batch: EnvelopeL
             result.reject(line_number, index, item_text(index), failures, identity(item.get("messageId")))
         else:
             result.accept(line_number, index, fields)
-    if stopped_envelope is batch:
-        stopped_envelope = None
     return None
 
 

@@ -455,19 +455,40 @@ def test_a_batch_envelope_over_the_message_budget_loads_in_parts_as_it_loads_who
         assert in_provenance_order(in_parts)[table].equals(rows), table
 
 
-def test_a_batch_envelope_resumed_in_the_same_process_is_parsed_and_split_once(logs, warehouse, monkeypatch):
-    envelope = {"batch": [7] * 30}  # every message quarantined: each part needs raw texts
-    write_log(logs / DAY / "a.ndjson", [envelope])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_batch_envelope_in_parts_is_parsed_and_split_once_by_each_process(logs, warehouse, monkeypatch, workers):
+    # Each part needs raw texts (rejects, late timestamp failures, duplicates): splitting the line
+    # again for each part took 31 splits and 37 s for a 15 MB envelope instead of 3.
+    items = [7, track(timestamp="noon"), track(messageId="twice"), track(messageId="twice"), track()] * 6
+    write_log(logs / DAY / "a.ndjson", [{"batch": items}])
     monkeypatch.setattr(read, "CHUNK_LINES", 4)
     monkeypatch.setattr(read, "MIN_CHUNK_MESSAGES", 1)
     splits, parses = Counter(), Counter()
     split, parse = validate.batch_item_spans, validate.parse_line
     monkeypatch.setattr(validate, "batch_item_spans", lambda text: splits.update([text]) or split(text))
     monkeypatch.setattr(validate, "parse_line", lambda line: parses.update([line]) or parse(line))
-    summary = load_day(logs, warehouse, DAY, workers=1)
-    assert summary.quarantined == 30 and sorted(quarantine_rows(warehouse)["batch_index"]) == list(range(30))
-    assert list(splits.values()) == [1] and list(parses.values()) == [1]
+    summary = load_day(logs, warehouse, DAY, workers=workers)
+    assert summary.quarantined == 6 + 6 + 11 + 5 and summary.accepted == 2  # 7, noon, "twice" and plain track() again
+    assert sorted(quarantine_rows(warehouse).filter(pl.col("batch_index") % 5 == 0)["raw"]) == ["7"] * 6
+    assert list(splits.values()) == [1]  # in this process: all of it, or the duplicates' texts
+    assert list(parses.values()) == ([1] if workers == 1 else [])
     assert validate.stopped_envelope is None  # nothing held once the line is done
+
+
+def test_a_retried_batch_measures_as_wide_as_its_first_sending(logs, warehouse, monkeypatch):
+    # Measured in the frames left once its duplicates are dropped, a retried wide batch made the
+    # budget jump to its cap and the next chunk 8 times the cells aimed at.
+    envelope = {"batch": [track(messageId=f"m{n}", properties={f"p{(5 * n + k) % 200}": n for k in range(5)}) for n in range(40)]}
+    write_log(logs / DAY / "a.ndjson", [envelope, envelope])
+    monkeypatch.setattr(read, "CHUNK_LINES", 8)  # parts of 8 messages, whatever they measure
+    fits: list[tuple[int, int]] = []
+    fit = read.MessageBudget.fit
+    monkeypatch.setattr(read.MessageBudget, "fit", lambda budget, messages, cells: fits.append((messages, cells)) or fit(budget, messages, cells))
+    summary = load_day(logs, warehouse, DAY, workers=1)
+    assert summary.duplicates == 40 and len(fits) == 10
+    first_sending, retried = fits[:5], fits[5:]
+    assert all(again >= sent for (_, again), (_, sent) in zip(retried, first_sending))  # plus the quarantine rows
+    assert all(cells > 8 * 40 for _, cells in retried)  # 8 messages of 5 new paths each, at least
 
 
 def test_a_name_that_is_not_utf8_and_one_spelling_its_escape_stay_two_source_files(logs, warehouse):
