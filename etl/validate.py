@@ -657,10 +657,10 @@ def forget_stopped_envelope() -> None:
 
 
 def envelope_line(line: bytes) -> EnvelopeLine:
-    """`line` as the envelope this process stopped inside, if it is that one."""
-    if stopped_envelope is not None and stopped_envelope.line == line:
-        return stopped_envelope
-    return EnvelopeLine(line)
+    """`line` as the envelope this process stopped inside, if it is that one (read once: a load
+    in another thread may stop inside another meanwhile)."""
+    stopped = stopped_envelope
+    return stopped if stopped is not None and stopped.line == line else EnvelopeLine(line)
 
 
 def resumed_envelope(line: bytes) -> EnvelopeLine:
