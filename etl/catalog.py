@@ -313,9 +313,8 @@ def create_event_views(
     for table in tables:
         source = parquet_source(table)
         select = event_view_sql(source, written[table.name], registry.get(table.name, []))
-        qualified = f"{EVENTS_SCHEMA}.{quote_identifier(table.name)}"
-        connection.execute(f"create or replace view {qualified} as {select}")
-        connection.execute(f"create or replace view {quote_identifier(names[table.name])} as select * from {qualified}")
+        connection.execute(f"create or replace view {EVENTS_SCHEMA}.{quote_identifier(table.name)} as {select}")
+        connection.execute(f"create or replace view {quote_identifier(names[table.name])} as {select}")
 
 
 def mart_views(warehouse: Path) -> dict[str, str]:

@@ -713,6 +713,16 @@ def test_an_event_alias_never_hides_a_model_of_that_name(logs, warehouse):
     assert query(warehouse, "select a from event_tracks_2") == [(1,)]
 
 
+def test_event_views_answer_from_a_database_that_attaches_the_warehouse_as_events(logs, warehouse):
+    # The README has analysts attach the warehouse to their own database. A view reading through
+    # `events.<name>` would be ambiguous there between the schema and a database named `events`.
+    load(logs, warehouse, {DAY: [track("Order Completed", properties={"a": 1})]})
+    with duckdb.connect() as analyst:
+        analyst.execute(f"attach '{warehouse / 'warehouse.duckdb'}' as events (read_only)")
+        assert analyst.execute("select a from events.main.order_completed").fetchall() == [(1,)]
+        assert analyst.execute("select a from events.events.order_completed").fetchall() == [(1,)]
+
+
 def test_an_event_never_hides_a_model_whose_name_differs_only_in_case(logs, warehouse):
     # DuckDB compares view names without ASCII case.
     (warehouse / "marts" / "Order_Completed").mkdir(parents=True)
