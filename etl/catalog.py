@@ -54,8 +54,13 @@ _scratch = threading.local()
 
 def scratch_database() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB bounded by MEMORY_LIMIT, spilling to a folder of its own that DuckDB
-    makes under the system's temporary folder when it first spills and removes when closed."""
-    spill = Path(tempfile.gettempdir()) / f"trackhouse-scratch-{uuid.uuid4().hex}"
+    makes under the system's temporary folder when it first spills and removes when closed.
+    Where no temporary folder is usable (a read-only container), unbounded, as it always was:
+    checks that never spill must not fail for want of one."""
+    try:
+        spill = Path(tempfile.gettempdir()) / f"trackhouse-scratch-{uuid.uuid4().hex}"
+    except FileNotFoundError:  # "No usable temporary directory found"
+        return duckdb.connect()
     return duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
 
 

@@ -184,6 +184,16 @@ def test_the_checks_database_spills_past_its_memory_limit_to_a_folder_it_removes
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_checks_run_where_no_temporary_folder_is_usable(logs, warehouse, monkeypatch):
+    loaded_day(logs, warehouse)
+
+    def no_usable_folder() -> str:
+        raise FileNotFoundError("No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(catalog.tempfile, "gettempdir", no_usable_folder)
+    assert all(r.passed for r in partition_check_results(warehouse, DAY, checks.DEFAULT_QUARANTINE_WARN_RATE))
+
+
 def test_a_model_checks_views_are_its_own_cursors_and_gone_after_it(logs, warehouse):
     # Another check on the shared database must never read them (a check on another warehouse,
     # or its `changed_days`, would otherwise be read through names this one made).
