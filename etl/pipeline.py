@@ -101,6 +101,10 @@ class PieceTexts:
             self.blob, self.originals = piece.blob, OriginalTexts(piece.lines(), piece.first_line_number)
         return self.originals
 
+    def forget(self) -> None:
+        """The chunk is done: its texts would otherwise stay until another chunk's duplicates."""
+        self.blob = self.originals = None
+
 
 def duplicate_rows(chunk: ValidatedChunk, originals: OriginalTexts, tracks: pl.DataFrame, duplicate: pl.Series) -> None:
     """Move accepted-but-duplicate messages of a chunk into its quarantine lists."""
@@ -362,9 +366,7 @@ def prepared_in_order(
                     prepared = prepare_chunk(piece, received_date, full_tables, budget.messages)
                     yield piece, prepared
                     piece = going_on(piece, prepared)
-                    if piece is None or not piece.resume[1]:  # no envelope left half done
-                        forget_stopped_envelope()
-        finally:
+        finally:  # a load that stops (an interrupt, an error) with an envelope half done
             forget_stopped_envelope()
         return
     pool = ChunkWorkers(workers)
@@ -496,6 +498,8 @@ def load_day(
             summary.values_over_column_cap += out.events.over_cap_values
             if isinstance(piece, LineChunk):  # a long line or a break is one row, whatever the day's width
                 budget.fit(chunk.messages, prepared.cells)
+            if chunk.resume is None:
+                texts.forget()
             # Let this chunk's frames go before the next one's are made, not after (two 1 GB
             # chunks of a wide event table were held at once, measured).
             del prepared, out, frames

@@ -646,14 +646,18 @@ class EnvelopeLine:
 
 # The envelope this process last stopped a chunk inside, kept parsed and split for the parts that
 # go on with it here: splitting a 16 MB line of 8 million items takes seconds, which each part
-# would pay again (for its rejects, its late timestamp failures, its duplicates). One process
-# may keep it after another finished the envelope, until it stops inside another.
+# would pay again (for its rejects, its late timestamp failures, its duplicates). The process
+# that validates its last part lets it go; with workers, another that validated an earlier part
+# keeps its copy until it stops inside another envelope (letting go at each other chunk would
+# parse the envelope again for each part: other chunks come between its parts).
 stopped_envelope: EnvelopeLine | None = None
 
 
-def forget_stopped_envelope() -> None:
+def forget_stopped_envelope(line: bytes | None = None) -> None:
+    """Let go of the stopped envelope (only if it is `line`, when one is given)."""
     global stopped_envelope
-    stopped_envelope = None
+    if line is None or (stopped_envelope is not None and stopped_envelope.line == line):
+        stopped_envelope = None
 
 
 def envelope_line(line: bytes) -> EnvelopeLine:
@@ -905,6 +909,9 @@ def validate_chunk(
     if take_accepted is not None and len(result.accepted) > taken:
         take_accepted(result.accepted[taken:])
     settle_timestamps(result, lines, chunk.first_line_number)
+    resumed_at, stopped_at = chunk.resume, result.resume
+    if resumed_at[1] and (stopped_at is None or stopped_at[0] != resumed_at[0]):  # its last part is done
+        forget_stopped_envelope(clean_line(lines[resumed_at[0]]))
     return result
 
 

@@ -475,6 +475,23 @@ def test_a_batch_envelope_in_parts_is_parsed_and_split_once_by_each_process(logs
     assert validate.stopped_envelope is None  # nothing held once the line is done
 
 
+def test_a_chunks_original_texts_are_let_go_once_it_is_finished(logs, warehouse, monkeypatch):
+    # Kept for the parts of a chunk, they held a 15 MB envelope's split (167 MB) until another
+    # chunk had duplicates.
+    write_log(logs / DAY / "a.ndjson", [{"batch": [track(messageId="m1")] * 3}])
+    write_log(logs / DAY / "b.ndjson", [track(messageId="m2")])
+    held_at_start: list[bool] = []
+    finish = pipeline.finish_chunk
+
+    def recorded(prepared, piece, *args):
+        held_at_start.append(args[-1].originals is not None)
+        return finish(prepared, piece, *args)
+
+    monkeypatch.setattr(pipeline, "finish_chunk", recorded)
+    summary = load_day(logs, warehouse, DAY, chunk_bytes=1, workers=1)  # a chunk per file
+    assert summary.duplicates == 2 and held_at_start == [False, False]
+
+
 def test_a_retried_batch_measures_as_wide_as_its_first_sending(logs, warehouse, monkeypatch):
     # Measured in the frames left once its duplicates are dropped, a retried wide batch made the
     # budget jump to its cap and the next chunk 8 times the cells aimed at.

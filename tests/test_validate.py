@@ -829,8 +829,14 @@ def test_a_chunk_validated_in_parts_of_its_message_budget_gives_what_one_pass_gi
 def test_a_batch_envelope_stops_at_the_message_budget_and_goes_on_from_the_next_message():
     envelope = {"batch": [track(messageId=f"m{n}") for n in range(5)]}
     chunk = LineChunk("2025-01-15/events.ndjson", 1, f"{json.dumps(track())}\n{json.dumps(envelope)}".encode())
-    parts = validated_in_parts(chunk, max_messages=2)
+    parts = [validate_chunk(chunk, max_messages=2)]
+    kept = [validate_module.stopped_envelope]
+    while parts[-1].resume is not None:
+        parts.append(validate_chunk(replace(chunk, resume=parts[-1].resume), max_messages=2))
+        kept.append(validate_module.stopped_envelope)
     assert [part.resume for part in parts] == [(1, 1), (1, 3), None]
+    # Kept parsed for the parts that go on with it, let go after its last.
+    assert kept[0] is kept[1] is not None and kept[0].line == json.dumps(envelope).encode() and kept[2] is None
     assert [part.accepted_batch_index for part in parts] == [[None, 0], [1, 2], [3, 4]]
     assert [(part.lines, part.envelopes, part.messages) for part in parts] == [(2, 1, 2), (0, 0, 2), (0, 0, 2)]
 
