@@ -36,7 +36,7 @@ from etl.normalize import (
     QUARANTINE_SCHEMA, ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
 )
 from etl.read import (
-    CHUNK_BYTES, FileBreak, MessageBudget, LineChunk, LongLine, Piece, coalesced, list_day_files, read_chunks, readable_path,
+    CHUNK_BYTES, FileBreak, LineChunk, LongLine, MessageBudget, Piece, coalesced, list_day_files, read_chunks, readable_path,
 )
 from etl.validate import (
     ORJSON_TOO_DEEP, OriginalTexts, TrackFields, ValidatedChunk, empty_times, forget_stopped_envelope, make_room_for_deep_json,
@@ -471,7 +471,8 @@ def load_day(
         budget, texts = MessageBudget(), PieceTexts()
         pieces = coalesced(day_pieces(logs_root, day_files.files, day, chunk_bytes, budget), chunk_bytes, budget)
         full_tables: dict[str, frozenset[str]] = {}
-        for piece, prepared in prepared_in_order(pieces, received_date, workers or worker_count(day_files.files), full_tables, budget):
+        workers = workers or worker_count(day_files.files)
+        for piece, prepared in prepared_in_order(pieces, received_date, workers, full_tables, budget):
             with collector_paused():
                 out = finish_chunk(prepared, piece, quarantined_at, seen, registry, context_columns, texts)
             for event in prepared.gathered:

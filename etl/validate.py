@@ -674,7 +674,9 @@ def resumed_envelope(line: bytes) -> EnvelopeLine:
     return batch
 
 
-def validate_envelope(result: ValidatedChunk, line_number: int, batch: EnvelopeLine, first: int, max_messages: int) -> int | None:
+def validate_envelope(
+    result: ValidatedChunk, line_number: int, batch: EnvelopeLine, first: int, max_messages: int,
+) -> int | None:
     """Validate each message of a batch on its own, from index `first`; raw text is sliced only
     for rejects. Returns the index to go on from if the chunk reached `max_messages` first."""
     global stopped_envelope
@@ -781,7 +783,9 @@ def parse_line(line: bytes) -> Any:
     return parsed
 
 
-def validate_line(result: ValidatedChunk, line_number: int, line: bytes, first: int = 0, max_messages: int = sys.maxsize) -> int | None:
+def validate_line(
+    result: ValidatedChunk, line_number: int, line: bytes, first: int = 0, max_messages: int = sys.maxsize,
+) -> int | None:
     """Validate one line, or go on with its batch envelope from index `first`. Returns the batch
     index to go on from if the chunk reached `max_messages` inside the envelope."""
     line = clean_line(line)
