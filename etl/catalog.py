@@ -52,6 +52,11 @@ MEMORY_LIMIT = "512MB"
 _scratch = threading.local()
 
 
+def bounded(spill: Path) -> dict[str, str]:
+    """DuckDB settings that hold a database to MEMORY_LIMIT, spilling past it into `spill`."""
+    return {"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)}
+
+
 def scratch_database() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB bounded by MEMORY_LIMIT, spilling to a folder of its own that DuckDB
     makes under the system's temporary folder when it first spills and removes when closed.
@@ -61,7 +66,7 @@ def scratch_database() -> duckdb.DuckDBPyConnection:
         spill = Path(tempfile.gettempdir()) / f"trackhouse-scratch-{uuid.uuid4().hex}"
     except FileNotFoundError:  # "No usable temporary directory found"
         return duckdb.connect()
-    return duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
+    return duckdb.connect(config=bounded(spill))
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.scope import build_scope
 
-from etl.catalog import MEMORY_LIMIT, parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
+from etl.catalog import bounded, parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
 from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -175,11 +175,7 @@ def read_seed(path: Path, columns: dict[str, str]) -> str:
 def bounded_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that spills to disk past MEMORY_LIMIT, so a refresh's memory does not
     grow with the warehouse."""
-    connection = duckdb.connect(config={
-        "memory_limit": MEMORY_LIMIT,
-        "temp_directory": str(spill_dir),
-        "preserve_insertion_order": False,
-    })
+    connection = duckdb.connect(config={**bounded(spill_dir), "preserve_insertion_order": False})
     connection.execute("set enable_progress_bar = false")
     connection.execute(GOAL_KEY_MACRO)
     return connection
