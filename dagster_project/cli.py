@@ -15,7 +15,7 @@ import dagster as dg
 import polars as pl
 from dagster._core.instance.ref import InstanceRef
 
-from dagster_project.assets import build_load_asset, largest_counts
+from dagster_project.assets import build_load_asset, largest_counts, stage_seconds
 from dagster_project.checks import partition_check_results
 from dagster_project.launch import one_line, said_unexpected
 from dagster_project.models import model_check_results, sql_models
@@ -274,7 +274,20 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
             raise Interrupted(INTERRUPTED.format(what=what))
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
         raise RuntimeError(f"{what} failed: {cause or 'see the Dagster run log'} ({more})")
+    say(f"  {day or 'models'} {format_stages(result)}")
     return reported_failures(result.get_asset_check_evaluations(), day)
+
+
+def format_stages(result: dg.ExecuteInProcessResult) -> str:
+    """`done in 22.60 s (load 20.31 s, catalog 0.35 s, checks 1.94 s)`: the run's stage seconds
+    (see StageClock); the checks' results carry them all, the materializations those before."""
+    seconds: dict[str, float] = {}
+    for event in result.get_asset_materialization_events():
+        seconds |= stage_seconds(event.materialization.metadata)
+    for evaluation in result.get_asset_check_evaluations():
+        seconds |= stage_seconds(evaluation.metadata)
+    stages = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+    return f"done in {sum(seconds.values()):.2f} s ({stages})"
 
 
 def reported_failures(evaluations: list, day: str | None, said: dict[tuple[str, str], list[str]] | None = None) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.assets import writable_or_failure
+from dagster_project.assets import StageClock, writable_or_failure
 from dagster_project.checks import check_result
 from dagster_project.resources import TrackhouseConfig
 from etl import checks
@@ -73,17 +73,23 @@ def model_specs() -> list[dg.AssetSpec]:
 )
 def sql_models(context: dg.AssetExecutionContext, trackhouse: TrackhouseConfig):
     writable_or_failure(trackhouse.warehouse)
-    rows = refresh_models(trackhouse.warehouse)
+    clock = StageClock()
+    with clock.stage("refresh"):
+        rows = refresh_models(trackhouse.warehouse)
+    timings = clock.metadata()
     for name, count in rows.items():
         yield dg.MaterializeResult(
             asset_key=name,
             metadata={
+                **timings,
                 "rows": dg.MetadataValue.int(count),
                 "path": dg.MetadataValue.path(str(trackhouse.warehouse / "marts" / name)),
             },
         )
     # refresh_models has released the writer lock; each check takes it again to read the marts.
-    yield from model_check_results(trackhouse.warehouse)
+    with clock.stage("checks"):
+        check_results = model_check_results(trackhouse.warehouse)
+    yield from clock.timed(check_results)
 
 
 def model_check_results(warehouse: Path) -> list[dg.AssetCheckResult]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,16 @@ def test_run_loads_every_day_folder_and_prints_a_summary(logs, warehouse, capsys
     assert "notes.txt" in out.out and "notes.txt" in out.err
     assert "reading 2025-01-15/a.jsonl" in out.err
     assert query(warehouse, "select count(*) from tracks") == [(2,)]
+
+
+def test_run_says_how_long_each_stage_of_each_day_and_of_the_models_took(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    said = capsys.readouterr().err.splitlines()
+    seconds = r"(\d+\.\d\d) s"
+    (day,) = [m for line in said if (m := re.fullmatch(rf"  2025-01-14 done in {seconds} \(load {seconds}, catalog {seconds}, checks {seconds}\)", line))]
+    assert float(day[1]) == pytest.approx(sum(map(float, day.groups()[1:])), abs=0.02)
+    assert any(re.fullmatch(rf"  models done in {seconds} \(refresh {seconds}, checks {seconds}\)", line) for line in said)
 
 
 def test_run_names_the_folders_it_skips_because_they_are_not_days(logs, warehouse, capsys):

@@ -6,6 +6,7 @@ import datetime as dt
 import fcntl
 import shutil
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import polars as pl
 import pytest
 from conftest import QUIET, materialize_day, query, track, write_log
 
-from dagster_project.assets import build_load_asset
+from dagster_project import assets
+from dagster_project.assets import build_load_asset, stage_seconds
 from dagster_project.cli import format_reports
 from dagster_project.definitions import LOAD_JOB, build_definitions
 from dagster_project.models import sql_models
@@ -116,6 +118,34 @@ def test_two_partitions_materialize_with_every_check_passing(logs, warehouse):
     ]
 
 
+def test_a_load_carries_the_seconds_of_each_stage_it_ran(logs, warehouse, monkeypatch):
+    two_days(logs)
+    real_load_day = assets.load_day
+    monkeypatch.setattr(assets, "load_day", lambda *args: (time.sleep(0.2), real_load_day(*args))[1])
+    result = materialize_day(TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse)), "2025-01-14")
+    for event in result.get_asset_materialization_events():  # yielded before the checks ran
+        assert list(stage_seconds(event.materialization.metadata)) == ["load", "catalog"]
+    for evaluation in result.get_asset_check_evaluations():
+        seconds = stage_seconds(evaluation.metadata)
+        assert list(seconds) == ["load", "catalog", "checks"]
+        assert seconds["load"] >= 0.2 and seconds["catalog"] > 0 and seconds["checks"] > 0
+
+
+def test_a_load_whose_checks_crash_is_still_recorded_as_materialized(logs, warehouse, monkeypatch):
+    # The models refresh after recorded loads: a published day must be recorded before its checks run.
+    two_days(logs)
+
+    def crash(*args):
+        raise RuntimeError("checks crashed")
+
+    monkeypatch.setattr(assets, "partition_check_results", crash)
+    asset = build_load_asset(received_days(logs))
+    config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse))
+    result = dg.materialize([asset], partition_key="2025-01-14", resources={"trackhouse": config}, run_config=QUIET, raise_on_error=False)
+    assert not result.success
+    assert {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()} == {"tracks", "quarantine", "event_tables", "discards"}
+
+
 def test_quarantine_rate_check_warns_through_dagster(logs, warehouse):
     two_days(logs)
     config = TrackhouseConfig(logs_root=str(logs), warehouse_root=str(warehouse), quarantine_warn_rate=0.9)
@@ -194,6 +224,8 @@ def test_models_materialize_after_the_loads_with_every_model_check_passing(logs,
         "fx_coverage": False,  # XAU has no rate in the seeds: a WARN naming the pair, not a failure
     }
     fx = next(e for e in result.get_asset_check_evaluations() if e.check_name == "fx_coverage")
+    assert all(list(stage_seconds(e.materialization.metadata)) == ["refresh"] for e in result.get_asset_materialization_events())
+    assert all(list(stage_seconds(e.metadata)) == ["refresh", "checks"] for e in result.get_asset_check_evaluations())
     assert fx.severity == dg.AssetCheckSeverity.WARN and fx.description == "no rate for XAU 2025-01-15"
     assert query(warehouse, "select currency, revenue_usd from fct_orders") == [("XAU", None)]
 
