@@ -6,7 +6,9 @@ Standard library only (psutil is not a dependency). Linux /proc:
   `/proc/<pid>/task/<tid>/children`), and sum their resident set sizes (same file, field 24);
   the peak of that sum is `peak_tree_rss`. Pages shared between processes (fork, shared
   libraries) count once per process, so the sum can overstate; a spike shorter than the
-  interval can be missed.
+  interval can be missed. The same walk notes each descendant's CPU seconds so far (fields
+  14 and 15), so that `descendants_cpu_s` splits the CPU between the command's own process
+  and the workers it starts (short by at most one interval of each descendant's last work).
 - when the command exits, `os.wait4` gives the kernel's own figures: `ru_maxrss`, the peak RSS
   of the largest single process among the command and the descendants it waited for (exact,
   no sampling), and user + system CPU seconds of them all.
@@ -23,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _ppid_and_rss() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, rss bytes) for every process we can read right now."""
-    table: dict[int, tuple[int, int]] = {}
+def _processes() -> dict[int, tuple[int, int, float]]:
+    """pid -> (ppid, rss bytes, user + system CPU seconds) for every process we can read right now."""
+    table: dict[int, tuple[int, int, float]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -37,27 +40,27 @@ def _ppid_and_rss() -> dict[int, tuple[int, int]]:
         except OSError:  # exited meanwhile
             continue
         # comm (field 2) may hold spaces or ')': fields 3.. follow the last ')'.
-        # Field 4 is the parent pid, field 24 the resident set size in pages.
+        # Field 4 is the parent pid, fields 14 and 15 user and system CPU in clock ticks, field 24
+        # the resident set size in pages.
         rest = stat[stat.rfind(b")") + 2 :].split()
-        table[int(name)] = (int(rest[1]), int(rest[21]) * PAGE)
+        table[int(name)] = (int(rest[1]), int(rest[21]) * PAGE, (int(rest[11]) + int(rest[12])) / TICKS)
     return table
 
 
-def tree_rss(root: int) -> tuple[int, int]:
-    """(summed RSS bytes, number of processes) of `root` and all its descendants."""
-    table = _ppid_and_rss()
+def tree(root: int) -> dict[int, tuple[int, float]]:
+    """pid -> (RSS bytes, CPU seconds) of `root` and all its descendants."""
+    table = _processes()
     if root not in table:
-        return 0, 0
+        return {}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    total, count, todo = 0, 0, [root]
+    found, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += table[pid][1]
-        count += 1
+        found[pid] = table[pid][1:]
         todo.extend(children.get(pid, ()))
-    return total, count
+    return found
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Measurement:
     max_process_rss: int  # bytes, kernel ru_maxrss of the largest single process
     max_processes: int
     samples: int
+    descendants_cpu_s: float  # sampled: the CPU of the processes the command started
     timed_out: bool = False
     stdout_path: Path | None = None
     stderr_path: Path | None = None
@@ -106,6 +110,7 @@ def measure(
     """Run `command` to its end with stdout/stderr to files, sampling its tree's RSS."""
     stdout.parent.mkdir(parents=True, exist_ok=True)
     peak, peak_count, samples = 0, 0, 0
+    descendants_cpu: dict[int, float] = {}
     done = threading.Event()
     timed_out = threading.Event()
     with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -115,11 +120,11 @@ def measure(
         def sample() -> None:
             nonlocal peak, peak_count, samples
             while not done.is_set():
-                rss, count = tree_rss(proc.pid)
+                processes = tree(proc.pid)
                 samples += 1
-                if rss > peak:
-                    peak = rss
-                peak_count = max(peak_count, count)
+                peak = max(peak, sum(rss for rss, _ in processes.values()))
+                peak_count = max(peak_count, len(processes))
+                descendants_cpu.update((pid, cpu) for pid, (_, cpu) in processes.items() if pid != proc.pid)
                 done.wait(interval)
 
         def watchdog() -> None:
@@ -142,5 +147,6 @@ def measure(
     return Measurement(
         command=command, returncode=proc.returncode, wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
         peak_tree_rss=peak, max_process_rss=usage.ru_maxrss * 1024, max_processes=peak_count, samples=samples,
+        descendants_cpu_s=sum(descendants_cpu.values()),
         timed_out=timed_out.is_set(), stdout_path=stdout, stderr_path=stderr,
     )

@@ -20,7 +20,8 @@ What one run does, on the same generated files (bench/generate.py, one received 
 5. a Markdown report: printed, and written to bench/results.md (smoke: bench/work/).
 
 Every command is a subprocess measured the same way (bench/proctree.py): wall time, user+sys
-CPU, and peak RSS of its whole process tree. MB are 10^6 bytes of uncompressed NDJSON.
+CPU, and peak RSS of its whole process tree; for `etl run`, the wall time of each stage it
+reports on stderr, and its CPU split between its own process and the workers it starts. MB are 10^6 bytes of uncompressed NDJSON.
 Generated logs and warehouses live under bench/work/ and logs are reused when their
 generated.json matches the size, seed, day and generator.
 """
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import shutil
 import statistics
 import subprocess
@@ -227,6 +229,20 @@ class Row:
         return statistics.median(m.peak_rss for m in self._figures()) / 1e6
 
     @property
+    def stages(self) -> dict[str, float]:
+        """The median seconds of each stage over the runs (see `stage_seconds`)."""
+        runs = [stage_seconds(m) for m in self._figures()]
+        return {stage: statistics.median(run.get(stage, 0.0) for run in runs) for stage in runs[0]}
+
+    @property
+    def workers_cpu(self) -> float:
+        return statistics.median(m.descendants_cpu_s for m in self._figures())
+
+    @property
+    def main_cpu(self) -> float:
+        return statistics.median(m.cpu_s - m.descendants_cpu_s for m in self._figures())
+
+    @property
     def events_per_s(self) -> float:
         return self.size / self.wall
 
@@ -241,6 +257,30 @@ class Row:
         first = self.failed[0]
         why = "timed out" if first.timed_out else f"exit {first.returncode}"
         return f"FAILED {len(self.failed)}/{len(self.runs)} ({why})"
+
+
+# `etl run` says on stderr how long each stage took: `  2025-02-01 done in 22.60 s (load 20.31 s,
+# catalog 0.35 s, checks 1.94 s)` per day, `  models done in 2.10 s (refresh 1.62 s, checks 0.48 s)`.
+STAGES_SAID = re.compile(r"  (\S+) done in [\d.]+ s \((.*)\)")
+STAGE_SAID = re.compile(r"(\w+) ([\d.]+) s")
+STAGES = {
+    "day load": "load (read → write)", "day catalog": "catalog", "day checks": "day's checks",
+    "models refresh": "models", "models checks": "model checks", "rest": "rest: start-up, Dagster, summary",
+}
+
+
+def stage_seconds(m: Measurement) -> dict[str, float]:
+    """The wall seconds of each stage a trackhouse run said it ran (days summed), and `rest`:
+    what they leave of its wall time."""
+    seconds = dict.fromkeys(STAGES, 0.0)
+    text = m.stderr_path.read_text(errors="replace") if m.stderr_path and m.stderr_path.exists() else ""
+    for line in text.splitlines():
+        if said := STAGES_SAID.fullmatch(line):
+            scope = "models" if said[1] == "models" else "day"
+            for name, value in STAGE_SAID.findall(said[2]):
+                seconds[f"{scope} {name}"] = seconds.get(f"{scope} {name}", 0.0) + float(value)
+    seconds["rest"] = m.wall_s - sum(seconds.values())
+    return seconds
 
 
 def clean_env() -> dict:
@@ -539,6 +579,21 @@ def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: lis
               f"quarantined ({', '.join(f'{k} {fmt_int(v)}' for k, v in (r.output.get('quarantined_by_reason') or {}).items())}), "
               f"{fmt_int(r.output.get('discards'))} discards (from the partition manifest).")
     w("")
+    timed = [r for r in rows if r.tool.startswith(TRACKHOUSE) and r.runs]
+    if timed:
+        w("## trackhouse's wall time by stage")
+        w("")
+        w("Medians over the same timed runs, from the stage times `etl run` prints on stderr; the CPU split is sampled "
+          "from /proc (the workers: the processes `etl run` starts to validate chunks; the main process: the rest of the "
+          "CPU, reading, de-duplication, event tables, writing, and every other stage).")
+        w("")
+        w(f"| run | events | median wall s | {' | '.join(STAGES.values())} | CPU s: main process | CPU s: workers |")
+        w(f"|---|---:|---:|{'---:|' * len(STAGES)}---:|---:|")
+        for r in timed:
+            stages = r.stages
+            w(f"| {r.tool} | {fmt_int(r.size)} | {r.wall:.2f} | {' | '.join(f'{stages[s]:.2f}' for s in STAGES)} | "
+              f"{r.main_cpu:.1f} | {r.workers_cpu:.1f} |")
+        w("")
     if peer_rows or peers_note:
         w(f"## trackhouse and its peers at {fmt_int(peer_rows[0].size) if peer_rows else '?'} events")
         w("")
