@@ -35,6 +35,9 @@ def counts_table(label: str, counts: dict[str, int]) -> str:
     return f"| {label} | rows |\n|---|---|\n" + ("\n".join(rows) or "| (none) | 0 |")
 
 
+STAGE_SUFFIX = "_seconds"
+
+
 class StageClock:
     """Wall seconds of each stage of an asset's computation, in the order run: every
     materialization it yields carries them (`load_seconds`, …), for the Dagster UI, for `etl run`
@@ -61,11 +64,8 @@ class StageClock:
         return [result.with_metadata({**result.metadata, **self.metadata()}) for result in check_results]
 
 
-STAGE_SUFFIX = "_seconds"
-
-
 def stage_seconds(metadata: dict[str, dg.MetadataValue]) -> dict[str, float]:
-    """The stage seconds a materialization carries (see StageClock), in the order run."""
+    """The stage seconds a materialization or a check result carries (see StageClock), in the order run."""
     return {key.removesuffix(STAGE_SUFFIX): value.value for key, value in metadata.items() if key.endswith(STAGE_SUFFIX)}
 
 
