@@ -485,6 +485,46 @@ def profile_trackhouse(meta: dict, timeout: float) -> dict:
     return result
 
 
+# A worker's work (`prepare_chunk`) on the first chunks of the day, in one process under
+# cProfile: the profile of `etl run` above cannot see into its worker processes.
+WORKER_PROFILE_SNIPPET = """
+import cProfile, datetime as dt, json, sys
+from pathlib import Path
+from etl.pipeline import prepare_chunk
+from etl.read import LineChunk, MessageBudget, read_chunks
+folder, out, most = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+pieces, lines = [], 0
+for path in sorted(folder.iterdir()):
+    for piece in read_chunks(path, path.name, 4 * 1024 * 1024, MessageBudget()):
+        if isinstance(piece, LineChunk) and lines < most:
+            pieces.append(piece)
+            lines += piece.line_count()
+day, messages, profile = dt.date.fromisoformat(folder.name), 0, cProfile.Profile()
+for piece in pieces:
+    messages += profile.runcall(prepare_chunk, piece, day).chunk.messages
+profile.dump_stats(out)
+print(json.dumps({"messages": messages}))
+"""
+WORKER_PROFILE_LINES = 60_000
+
+
+def profile_worker(meta: dict, timeout: float) -> dict:
+    """Own seconds of the functions a worker runs, over its first WORKER_PROFILE_LINES lines."""
+    size = meta["events"]
+    prof = WORK / "runs" / f"worker-{label(size)}.prof"
+    prof.unlink(missing_ok=True)
+    command = [str(PROJECT_PY), "-c", WORKER_PROFILE_SNIPPET, str(Path(meta["root"]) / meta["day"]), str(prof), str(WORKER_PROFILE_LINES)]
+    m = measure(command, env=clean_env(), cwd=ROOT, timeout=timeout,
+                stdout=WORK / "runs" / f"worker-profile-{label(size)}.out", stderr=WORK / "runs" / f"worker-profile-{label(size)}.err")
+    log(f"  [worker profile {label(size)}] {m.wall_s:.2f} s: {'ok' if m.ok else 'FAILED'}")
+    if not prof.exists():
+        return {"error": m.stderr_tail(2) or "no profile written"}
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())
+    own = sorted(((short(k), v[2]) for k, v in stats.items()), key=lambda kv: -kv[1])
+    return {"messages": last_json(m.stdout_text()).get("messages", 0), "total_s": total, "top": own[:15]}
+
+
 def startup(timeout: float) -> Measurement:
     return measure([str(ETL), "--help"], env=clean_env(), cwd=ROOT, timeout=timeout,
                    stdout=WORK / "runs" / "startup.out", stderr=WORK / "runs" / "startup.err")
@@ -640,6 +680,20 @@ def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: lis
         if profile.get("error"):
             w(f"- the profiled run failed: `{profile['error']}`")
         w("")
+        worker = profile.get("worker") or {}
+        if worker.get("messages"):
+            w(f"### Inside a worker ({fmt_int(worker['messages'])} messages of the first chunks, one process under cProfile)")
+            w("")
+            w(f"`prepare_chunk` (validate, flatten `context`, gather `properties`, build the chunk's `tracks` frame): "
+              f"{worker['total_s']:.2f} s, {1e6 * worker['total_s'] / worker['messages']:.1f} µs a message with the profiler "
+              "(which slows the Python parts most). Own seconds of the functions that take the most:")
+            w("")
+            for name, seconds in worker["top"]:
+                w(f"- `{name}` {seconds:.2f} s ({100 * seconds / worker['total_s']:.0f}%)")
+            w("")
+        elif worker.get("error"):
+            w(f"- the worker profile failed: `{worker['error']}`")
+            w("")
     failures = [(r, m) for r in [*rows, *peer_rows] for m in r.runs if not m.ok]
     if failures:
         w("## Failures")
@@ -744,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     start = None
     if not args.no_profile:
         profile = profile_trackhouse(datasets[0], args.timeout)
+        profile["worker"] = profile_worker(datasets[0], args.timeout)
         start = startup(args.timeout)
     info["loadavg_end"] = loadavg()
 
