@@ -87,8 +87,9 @@ class ContextColumns:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.columns: dict[str, list[str | None]] = {}
+        self.columns: dict[str, list[str | None]] = {}  # in the order first seen
         self.overflow: dict[int, dict[str, str]] = {}
+        self.spilled: dict[str, None] = {}  # names the cap sent to `context_other`, in the order first seen
         self.suffix_row, self.next_suffix = -1, {}  # see `free_name`
 
     def make_room(self, rows: int) -> None:
@@ -111,17 +112,24 @@ class ContextColumns:
         if column is None:
             if len(self.columns) >= MAX_CONTEXT_COLUMNS or len(name) > MAX_CONTEXT_NAME_CHARS:
                 extra = self.overflow.setdefault(row, {})
-                extra[self.unused_key(name, row, extra)] = text
+                key = self.unused_key(name, row, extra)
+                extra[key] = text
+                if len(key) <= MAX_CONTEXT_NAME_CHARS:
+                    self.spilled[key] = None
                 return
             column = self.columns[name] = [None] * self.capacity
         column[row] = text
 
     def free_name(self, name: str, row: int) -> str:
-        """The first of `name_2`, `name_3`, … free in `row`, searched from where the last search
-        for `name` in this row stopped (rows come in order, and a row's cells only fill): k keys
-        of one message that map to one name cost k steps, not k², which let a 55 KB line of
-        1,000 such messages run for over 300 s."""
-        return self.next_free("column", name, row, lambda candidate: (column := self.columns.get(candidate)) is not None and column[row] is not None)
+        """The first of `name_2`, `name_3`, … free in `row` (neither a filled column nor a key
+        the cap spilled to the row's `context_other`: a name must not depend on which), searched
+        from where the last search for `name` in this row stopped (rows come in order, and a
+        row's cells only fill): k keys of one message that map to one name cost k steps, not k²,
+        which let a 55 KB line of 1,000 such messages run for over 300 s."""
+        extra = self.overflow.get(row, {})
+        return self.next_free("column", name, row, lambda candidate: (
+            (column := self.columns.get(candidate)) is not None and column[row] is not None or candidate in extra
+        ))
 
     def unused_key(self, name: str, row: int, extra: dict[str, str]) -> str:
         """`name`, or the first of `name_2`, `name_3`, … not yet a key of the row's
@@ -146,9 +154,20 @@ class ContextColumns:
         if self.overflow:
             texts = [None] * height
             for row, extra in self.overflow.items():
-                texts[row] = dump_json(extra).decode()
+                texts[row] = overflow_text(extra)
             out.append(pl.Series(CONTEXT_OVERFLOW, texts, dtype=pl.String))
         return out
+
+    def names_in_order(self) -> list[str]:
+        """Every name a column could take, in the order first seen: the cap spills only once
+        the columns are all made."""
+        return [*self.columns, *self.spilled]
+
+
+def overflow_text(extra: dict[str, str]) -> str:
+    """A row's `context_other` object, its keys sorted: the same text whichever keys a chunk's
+    own cap spilled and which the day's cap folded in after (see `capped_context`)."""
+    return dump_json(extra, sort_keys=True).decode()
 
 
 def context_path_name(prefix: str, key: str) -> str:
@@ -219,6 +238,9 @@ class ContextFlattener:
     def series(self) -> list[pl.Series]:
         return self.out.series(self.rows)
 
+    def names_in_order(self) -> list[str]:
+        return self.out.names_in_order()
+
 
 def context_columns(contexts: list[Any]) -> list[pl.Series]:
     """The context columns of `contexts` flattened at once (see ContextFlattener)."""
@@ -227,28 +249,65 @@ def context_columns(contexts: list[Any]) -> list[pl.Series]:
     return flattener.series()
 
 
-def fold_context_columns(tracks: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """Move the context columns `names` into `context_other` (the day already has as many
-    context columns as it may): each row's values join its JSON object, none is lost."""
-    values = tracks.select(names).rows()
-    others = tracks.get_column(CONTEXT_OVERFLOW).to_list() if CONTEXT_OVERFLOW in tracks.columns else [None] * tracks.height
-    merged = []
-    for other, row in zip(others, values):
-        extra = orjson.loads(other) if other is not None else {}
-        for name, text in zip(names, row):
-            if text is not None:
-                extra[unique_name(name, extra)] = text
-        merged.append(dump_json(extra).decode() if extra else None)
-    return tracks.drop(names).with_columns(pl.Series(CONTEXT_OVERFLOW, merged, dtype=pl.String))
+def moved_context(tracks: pl.DataFrame, folded: list[str], lifted: list[str]) -> pl.DataFrame:
+    """Move the context columns `folded` into the rows' `context_other` objects (the day already
+    has as many columns as it may), and the keys `lifted` out of them into columns (the day took
+    them as columns though this chunk's own cap had spilled them): no value is lost.
+
+    Polars finds the folded columns' values (mostly NULL: 16k rows × 250 sparse columns were 4M
+    Python steps a chunk); Python touches only the rows with something to move."""
+    lift = set(lifted)
+    lifted_cells: tuple[list[int], list[str], list[str]] = ([], [], [])  # row, name, text
+    merged = overflow_objects(tracks)
+    folded_cells: dict[int, list[tuple[str, str]]] = {}
+    if folded:
+        cells = tracks.select(pl.int_range(pl.len()).alias("row"), *folded).unpivot(index="row").drop_nulls("value")
+        for row, name, text in cells.iter_rows():
+            folded_cells.setdefault(row, []).append((name, text))
+    for row in sorted({*folded_cells, *(row for row, other in enumerate(merged) if other is not None)}):
+        extra = orjson.loads(merged[row]) if merged[row] is not None else {}
+        if lift:
+            for name in lift.intersection(extra):
+                lifted_cells[0].append(row)
+                lifted_cells[1].append(name)
+                lifted_cells[2].append(extra.pop(name))
+        for name, text in folded_cells.get(row, ()):
+            extra[unique_name(name, extra)] = text
+        merged[row] = overflow_text(extra) if extra else None
+    tracks = tracks.drop(folded)
+    if lifted:  # the cells, pivoted to one column per name: a Series per name cost a query each
+        rows, names, texts = lifted_cells
+        cells = pl.DataFrame({"row": rows, "name": names, "text": texts}, schema={"row": pl.Int64, "name": pl.String, "text": pl.String})
+        wide = pl.DataFrame({"row": range(tracks.height)}, schema={"row": pl.Int64}).join(
+            cells.pivot(on="name", index="row", values="text"), on="row", how="left", maintain_order="left",
+        )
+        tracks = tracks.hstack([
+            wide.get_column(name) if name in wide.columns else pl.Series(name, [None] * tracks.height, dtype=pl.String)
+            for name in lifted
+        ])
+    if any(text is not None for text in merged):
+        return tracks.with_columns(pl.Series(CONTEXT_OVERFLOW, merged, dtype=pl.String))
+    return tracks.drop(CONTEXT_OVERFLOW, strict=False)  # as a chunk that spilled nothing: no column
 
 
-def capped_context(tracks: pl.DataFrame, day_columns: set[str]) -> pl.DataFrame:
+def overflow_objects(tracks: pl.DataFrame) -> list[str | None]:
+    return tracks.get_column(CONTEXT_OVERFLOW).to_list() if CONTEXT_OVERFLOW in tracks.columns else [None] * tracks.height
+
+
+def capped_context(tracks: pl.DataFrame, day_columns: set[str], names_in_order: list[str]) -> pl.DataFrame:
     """Keep the day's `context` columns within MAX_CONTEXT_COLUMNS (each chunk is capped on its
-    own): the first ones seen, in input order, stay columns; later ones join `context_other`."""
-    new = [c for c in tracks.columns if is_context_column(c) and c != CONTEXT_OVERFLOW and c not in day_columns]
-    room = max(0, MAX_CONTEXT_COLUMNS - len(day_columns))
-    day_columns.update(new[:room])
-    return fold_context_columns(tracks, new[room:]) if len(new) > room else tracks
+    own): the first names seen in input order (a message's keys in its order) stay columns,
+    later ones join `context_other`, wherever chunks end and however many workers made them.
+
+    `names_in_order`: the chunk's names, columns or spilled by its own cap (see
+    ContextColumns.names_in_order). A name the day takes that the chunk spilled is lifted back
+    out of `context_other` into its column."""
+    room = MAX_CONTEXT_COLUMNS - len(day_columns)
+    if room > 0:
+        day_columns.update([name for name in names_in_order if name not in day_columns][:room])
+    folded = [c for c in tracks.columns if is_context_column(c) and c != CONTEXT_OVERFLOW and c not in day_columns]
+    lifted = [name for name in names_in_order if name in day_columns and name not in tracks.columns]
+    return moved_context(tracks, folded, lifted) if folded or lifted else tracks
 
 
 def tracks_frame(chunk: ValidatedChunk, received_date: dt.date, context: list[pl.Series] | None = None) -> pl.DataFrame:

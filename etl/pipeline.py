@@ -156,6 +156,7 @@ class PreparedChunk:
     chunk: ValidatedChunk
     tracks: pl.DataFrame
     gathered: dict[str, EventProperties]
+    context_names: list[str] = field(default_factory=list)  # see ContextColumns.names_in_order
 
     @property
     def cells(self) -> int:
@@ -179,15 +180,15 @@ class PreparedChunk:
         except TypeError as error:
             if str(error) == ORJSON_TOO_DEEP:
                 make_room_for_deep_json()  # pickle recurses twice a level through nested arrays
-            return PreparedChunk, (self.chunk, self.tracks, self.gathered)
-        return PreparedChunk.from_json, (self.chunk, self.tracks, gathered)
+            return PreparedChunk, (self.chunk, self.tracks, self.gathered, self.context_names)
+        return PreparedChunk.from_json, (self.chunk, self.tracks, gathered, self.context_names)
 
     @classmethod
-    def from_json(cls, chunk: ValidatedChunk, tracks: pl.DataFrame, gathered: bytes) -> "PreparedChunk":
+    def from_json(cls, chunk: ValidatedChunk, tracks: pl.DataFrame, gathered: bytes, context_names: list[str]) -> "PreparedChunk":
         return cls(chunk, tracks, {
             event: EventProperties(positions, {tuple(path): (rows, values) for path, rows, values in cells}, dropped)
             for event, (positions, cells, dropped) in orjson.loads(gathered).items()
-        })
+        }, context_names)
 
 
 @contextmanager
@@ -264,15 +265,18 @@ def prepare_chunk(
         else:
             chunk = VALIDATORS[type(piece)](piece)
         if walked is not None and walked.messages == len(chunk.accepted):
-            tracks = tracks_frame(chunk, received_date, walked.context.series())
+            context = walked.context
+            tracks = tracks_frame(chunk, received_date, context.series())
             gathered = walked.properties.by_event
         else:  # none walked yet, or `settle_timestamps` quarantined some after their walk: walk the rest now
-            tracks = tracks_frame(chunk, received_date)
+            context = ContextFlattener(len(chunk.accepted))
+            context.add([f.context for f in chunk.accepted])
+            tracks = tracks_frame(chunk, received_date, context.series())
             gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
         chunk.accepted, chunk.times = [], empty_times()
         if full_tables:
             drop_paths_full_tables_cannot_take(gathered, full_tables)
-        return PreparedChunk(chunk, tracks, gathered)
+        return PreparedChunk(chunk, tracks, gathered, context.names_in_order())
 
 
 @dataclass
@@ -289,7 +293,7 @@ def finish_chunk(
     """The order-dependent work, in the main process and in input order: duplicates (first by
     file name, then line, wins) go to quarantine; the day's context columns are capped; the
     registry types the event tables."""
-    chunk, tracks = prepared.chunk, capped_context(prepared.tracks, context_columns)
+    chunk, tracks = prepared.chunk, capped_context(prepared.tracks, context_columns, prepared.context_names)
     # Most chunks quarantine nothing: their Polars calls here cost a few ms a chunk, paid per file
     # by a day of thousands of one-line files.
     quarantined = quarantined_ids(chunk) if chunk.quarantine_line else None

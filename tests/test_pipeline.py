@@ -270,6 +270,75 @@ def test_the_context_column_cap_holds_for_the_whole_day_across_chunks(logs, ware
         assert context_values(row) == {f"context_k{i}": str(i), "context_shared": "s"}
 
 
+@pytest.mark.parametrize("chunk_bytes", [60, 1 << 20], ids=["a chunk per line", "one chunk"])
+def test_the_context_keys_that_stay_columns_are_the_first_seen_wherever_chunks_end(logs, warehouse, monkeypatch, chunk_bytes):
+    # Chunk by chunk, the day took a chunk's new names in name order (`w` before `y`), and a name
+    # a chunk's own cap had spilled (`z` below) stayed in `context_other` though the day had its
+    # column: where chunks ended (and so the worker count) decided where a value landed.
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId="m1", context={"z": 1}),
+        track("A", messageId="m2", context={"y": 2, "x": 2, "w": 2, "z": 2}),
+    ])
+    load_day(logs, warehouse, DAY, chunk_bytes=chunk_bytes, workers=1)
+    tracks = tracks_rows(warehouse)
+    rows = {r["message_id"]: r for r in tracks.iter_rows(named=True)}
+    assert {c for c in tracks.columns if c.startswith("context")} == {"context_z", "context_y", "context_x", "context_other"}
+    assert rows["m2"]["context_z"] == "2" and rows["m2"]["context_other"] == '{"context_w":"2"}'
+    assert context_values(rows["m2"]) == {"context_y": "2", "context_x": "2", "context_w": "2", "context_z": "2"}
+
+
+def day_context(contexts: list, cuts: list[int], cap: int) -> list[dict]:
+    """Each row's context columns and `context_other` text once the day's cap is applied, the
+    rows cut into chunks at `cuts` as a load would flatten and cap them."""
+    day, rows = set(), []
+    bounds = sorted({0, len(contexts), *(cut for cut in cuts if cut < len(contexts))})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(normalize, "MAX_CONTEXT_COLUMNS", cap)
+        for start, end in zip(bounds, bounds[1:]):
+            flattener = normalize.ContextFlattener(end - start)
+            flattener.add(contexts[start:end])
+            frame = pl.DataFrame({"row": range(start, end)}).hstack(flattener.series())
+            frame = normalize.capped_context(frame, day, flattener.names_in_order())
+            rows += [{k: v for k, v in row.items() if k != "row" and v is not None} for row in frame.iter_rows(named=True)]
+    assert len(day) <= cap
+    return rows
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.dictionaries(CONTEXT_KEYS, CONTEXTS, max_size=5), min_size=1, max_size=8),
+    st.lists(st.integers(1, 7), max_size=4), st.integers(1, 4),
+)
+def test_where_chunks_end_never_changes_where_a_context_value_lands(contexts, cuts, cap):
+    assert day_context(contexts, cuts, cap) == day_context(contexts, [], cap)
+
+
+def test_context_other_holds_its_keys_sorted_by_name(monkeypatch):
+    # The same text whichever keys a chunk's cap spilled and which the day's cap folded in later.
+    monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 1)
+    series = {s.name: s.to_list() for s in normalize.context_columns([{"b": 1, "c": 1, "a": 1}])}
+    assert series == {"context_b": ["1"], "context_other": ['{"context_a":"1","context_c":"1"}']}
+
+
+def test_a_clashing_keys_name_does_not_depend_on_which_names_the_cap_spilled(monkeypatch):
+    # `x!` and `x!!` both map to `context_x`: the next free name skips `context_x_3`, taken in
+    # this row whether as a column or, past the cap, as a key of `context_other`.
+    contexts = [{"q": 0, "x": 1, "x!": 2}, {"x": "a", "x!": "b", "x_3": "c", "x!!": "d"}]
+
+    def names_and_values(cap: int) -> list[dict[str, str]]:
+        monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", cap)
+        series = {s.name: s.to_list() for s in normalize.context_columns(contexts)}
+        rows = []
+        for row in range(len(contexts)):
+            values = {name: texts[row] for name, texts in series.items() if name != "context_other" and texts[row] is not None}
+            rows.append(values | json.loads((series.get("context_other") or [None] * len(contexts))[row] or "{}"))
+        return rows
+
+    assert names_and_values(3) == names_and_values(100)
+    assert names_and_values(3)[1] == {"context_x": "a", "context_x_2": "b", "context_x_3": "c", "context_x_4": "d"}
+
+
 def test_a_context_that_is_not_an_object_is_kept_as_text_and_passes_the_schema_check(logs, warehouse):
     write_log(logs / DAY / "a.ndjson", [track(context="mobile-app"), track(context=[1, 2])])
     load_day(logs, warehouse, DAY)
@@ -803,6 +872,22 @@ def test_parallel_workers_write_exactly_what_one_process_writes(logs, tmp_path):
     assert "events/event_3" in serial
     for table in serial:
         assert serial[table].equals(parallel[table]), table
+
+
+def test_workers_send_the_context_names_the_day_cap_needs_and_write_what_one_process_writes(logs, tmp_path):
+    # Past the real cap of 500 (workers do not see a patched one): without the chunks' names in
+    # order, the main process could neither take the first seen as columns nor lift spilled ones.
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId=f"m{i}", context={f"k{(i * 7) % 700}": i, f"k{(i * 11) % 700}": i, "shared": "s"}) for i in range(1_400)
+    ])
+    serial = loaded_tables(logs, tmp_path / "serial", chunk_bytes=20_000, workers=1)
+    parallel = loaded_tables(logs, tmp_path / "parallel", chunk_bytes=20_000, workers=2)
+    tracks = serial[1]["tracks"]
+    assert len([c for c in tracks.columns if c.startswith("context_") and c != "context_other"]) == 500
+    assert tracks["context_other"].is_not_null().any()
+    assert serial[0] == parallel[0] and serial[1].keys() == parallel[1].keys()
+    for table in serial[1]:
+        assert serial[1][table].equals(parallel[1][table]), table
 
 
 def test_a_full_event_tables_other_paths_are_dropped_before_the_main_process_with_the_same_result(logs, tmp_path, monkeypatch):
