@@ -305,8 +305,10 @@ def capped_context(tracks: pl.DataFrame, day_columns: set[str], names_in_order: 
     room = MAX_CONTEXT_COLUMNS - len(day_columns)
     if room > 0:
         day_columns.update([name for name in names_in_order if name not in day_columns][:room])
-    folded = [c for c in tracks.columns if is_context_column(c) and c != CONTEXT_OVERFLOW and c not in day_columns]
-    lifted = [name for name in names_in_order if name in day_columns and name not in tracks.columns]
+    columns = tracks.columns  # a new list at each access
+    folded = [c for c in columns if is_context_column(c) and c != CONTEXT_OVERFLOW and c not in day_columns]
+    present = set(columns)
+    lifted = [name for name in names_in_order if name in day_columns and name not in present]
     return moved_context(tracks, folded, lifted) if folded or lifted else tracks
 
 
