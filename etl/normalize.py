@@ -106,46 +106,39 @@ class ContextColumns:
         if column is not None and column[row] is None:
             column[row] = text
             return
-        if column is not None:  # `pageUrl` and `page.url` in one message: the next is `_2`, `_3`, …
+        extra = self.overflow.get(row, {})
+        if column is not None or name in extra:  # `pageUrl` and `page.url` in one message: the next is `_2`, `_3`, …
             name = self.free_name(name, row)
             column = self.columns.get(name)
         if column is None:
             if len(self.columns) >= MAX_CONTEXT_COLUMNS or len(name) > MAX_CONTEXT_NAME_CHARS:
-                extra = self.overflow.setdefault(row, {})
-                key = self.unused_key(name, row, extra)
-                extra[key] = text
-                if len(key) <= MAX_CONTEXT_NAME_CHARS:
-                    self.spilled[key] = None
+                self.overflow.setdefault(row, extra)[name] = text
+                if len(name) <= MAX_CONTEXT_NAME_CHARS:
+                    self.spilled[name] = None
                 return
             column = self.columns[name] = [None] * self.capacity
         column[row] = text
 
     def free_name(self, name: str, row: int) -> str:
-        """The first of `name_2`, `name_3`, … free in `row` (neither a filled column nor a key
-        the cap spilled to the row's `context_other`: a name must not depend on which), searched
-        from where the last search for `name` in this row stopped (rows come in order, and a
-        row's cells only fill): k keys of one message that map to one name cost k steps, not k²,
-        which let a 55 KB line of 1,000 such messages run for over 300 s."""
+        """The first of `name_2`, `name_3`, … free in `row`: neither a filled column nor a key
+        the cap spilled to the row's `context_other`, whichever it is (numbered among the
+        spilled keys alone, a value took `x_2` where a column of its row held `x_2`, and so its
+        name depended on where chunks ended). Searched from where the last search for `name` in
+        this row stopped (rows come in order, and a row's names only fill): k keys of one
+        message that map to one name cost k steps, not k², which let a 55 KB line of 1,000 such
+        messages run for over 300 s."""
         extra = self.overflow.get(row, {})
-        return self.next_free("column", name, row, lambda candidate: (
+        return self.next_free(name, row, lambda candidate: (
             (column := self.columns.get(candidate)) is not None and column[row] is not None or candidate in extra
         ))
 
-    def unused_key(self, name: str, row: int, extra: dict[str, str]) -> str:
-        """`name`, or the first of `name_2`, `name_3`, … not yet a key of the row's
-        `context_other` object, searched as `free_name` searches (keys past the cap, or too long
-        for a column, that map to one name)."""
-        if name not in extra:
-            return name
-        return self.next_free("overflow", name, row, extra.__contains__)
-
-    def next_free(self, space: str, name: str, row: int, taken: Callable[[str], bool]) -> str:
+    def next_free(self, name: str, row: int, taken: Callable[[str], bool]) -> str:
         if row != self.suffix_row:
             self.suffix_row, self.next_suffix = row, {}
-        suffix = self.next_suffix.get((space, name), 2)
+        suffix = self.next_suffix.get(name, 2)
         while taken(f"{name}_{suffix}"):
             suffix += 1
-        self.next_suffix[space, name] = suffix + 1
+        self.next_suffix[name] = suffix + 1
         return f"{name}_{suffix}"
 
     def series(self, height: int) -> list[pl.Series]:

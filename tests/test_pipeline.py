@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from conftest import line, query, track, write_log
 
 from etl import checks, normalize, pipeline, read, registry, validate
@@ -243,8 +243,8 @@ def test_keys_past_the_cap_that_map_to_one_name_are_numbered_in_linear_steps(mon
             return name in self.inner
 
     monkeypatch.setattr(normalize, "unique_name", lambda base, taken: unique_name(base, Counted(taken)))
-    monkeypatch.setattr(normalize.ContextColumns, "next_free", lambda self, space, name, row, taken: next_free(
-        self, space, name, row, lambda candidate: steps.append(candidate) or taken(candidate),
+    monkeypatch.setattr(normalize.ContextColumns, "next_free", lambda self, name, row, taken: next_free(
+        self, name, row, lambda candidate: steps.append(candidate) or taken(candidate),
     ))
     context = {f"k{n}": "v" for n in range(100)} | {"z" + "!" * n: str(n) for n in range(400)}
     series = {s.name: s.to_list() for s in normalize.context_columns([context, context])}
@@ -305,13 +305,33 @@ def day_context(contexts: list, cuts: list[int], cap: int) -> list[dict]:
     return rows
 
 
+# Keys whose names clash, some with the numbered names clashes take (`a_2`, `a.2`, `a` > `2`).
+NUMBERED_KEYS = st.sampled_from(["a", "A", "a!", "a_2", "a.2", "2", "b", "other"])
+NUMBERED_CONTEXTS = st.recursive(CONTEXT_LEAVES, lambda inner: st.dictionaries(NUMBERED_KEYS, inner, max_size=4), max_leaves=12)
+
+
 @settings(max_examples=300)
 @given(
-    st.lists(st.dictionaries(CONTEXT_KEYS, CONTEXTS, max_size=5), min_size=1, max_size=8),
+    st.lists(st.dictionaries(CONTEXT_KEYS, CONTEXTS, max_size=5) | st.dictionaries(NUMBERED_KEYS, NUMBERED_CONTEXTS, max_size=5), min_size=1, max_size=8),
     st.lists(st.integers(1, 7), max_size=4), st.integers(1, 4),
 )
+@example(contexts=[{"x_2": "0"}, {"x": "1", "x!": "2"}], cuts=[1], cap=1)  # `x!` took `x_2` twice over
 def test_where_chunks_end_never_changes_where_a_context_value_lands(contexts, cuts, cap):
     assert day_context(contexts, cuts, cap) == day_context(contexts, [], cap)
+
+
+@pytest.mark.parametrize("chunk_bytes", [60, 1 << 20], ids=["a chunk per line", "one chunk"])
+def test_a_context_key_only_duplicates_sent_is_no_column_wherever_chunks_end(logs, warehouse, chunk_bytes):
+    # A duplicate in a chunk of its own writes no rows, so its keys made no column; in the
+    # chunk of the message it repeats, they made a column of NULLs in `tracks` and event tables.
+    write_log(logs / DAY / "a.ndjson", [
+        track("A", messageId="m1", context={"a": 1}), track("A", messageId="m1", context={"zz": 1}),
+        track("B", messageId="m2", context={"b": 2}),
+    ])
+    load_day(logs, warehouse, DAY, chunk_bytes=chunk_bytes, workers=1)
+    for table in ("tracks", "events/a", "events/b"):
+        columns = {c for part in partition_dir(warehouse, table, DAY).glob("*.parquet") for c in pl.read_parquet_schema(part)}
+        assert {c for c in columns if c.startswith("context")} == {"context_a", "context_b"}, table
 
 
 def test_context_other_holds_its_keys_sorted_by_name(monkeypatch):
