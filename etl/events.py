@@ -251,8 +251,8 @@ def event_tables(
 ) -> EventTables:
     """Split a chunk's accepted rows into per-event frames with typed property columns.
 
-    `tracks` and `gathered` still hold the chunk's duplicates, marked in `duplicate`: each frame
-    is built whole and filtered once, cheaper than re-gathering properties without them.
+    `tracks` and `gathered` still hold the chunk's duplicates, marked in `duplicate`: the property
+    columns are built whole and filtered once, cheaper than re-gathering properties without them.
     """
     out = EventTables()
     message_ids = tracks["message_id"]
@@ -270,10 +270,12 @@ def event_tables(
         columns, int_until = register_columns(registry, event, sink.cells, keep, lacked=dropped > 0)
         height = len(sink.positions)
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
-        # cost on a chunk's few hundred rows, paid per event table in the main process.
-        base = tracks[sink.positions, base_columns]
+        # cost on a chunk's few hundred rows, paid per event table in the main process. The rows
+        # kept only: a context column that only duplicates used is no column of the chunk, as
+        # when they come in a chunk of their own (see `finish_chunk`).
+        base = tracks[sink.positions if keep is None else [p for p, k in zip(sink.positions, keep) if k], base_columns]
         nulls = base.null_count().row(0)
-        base = base[[c for c, n in zip(base.columns, nulls) if not is_context_column(c) or n < height]]
+        base = base[[c for c, n in zip(base.columns, nulls) if not is_context_column(c) or n < base.height]]
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))
@@ -306,7 +308,8 @@ def event_tables(
                     "expected_type": ["int" if split is not None and i < split else column.type for i, _, _ in misfit],
                 }, schema=DISCARDS_SCHEMA))
         out.over_cap_values += dropped
-        properties = [s for _, s in sorted(series, key=lambda item: item[0])]
-        frame = base.hstack(properties) if properties else base
-        out.frames[event] = frame if keep is None else frame[pl.Series(keep).arg_true()]
+        properties = pl.DataFrame([s for _, s in sorted(series, key=lambda item: item[0])])
+        if keep is not None and properties.width:
+            properties = properties[pl.Series(keep).arg_true()]
+        out.frames[event] = base.hstack(properties.get_columns())
     return out

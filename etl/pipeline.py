@@ -309,7 +309,15 @@ def finish_chunk(
     if not has_duplicates:
         return ChunkOutput(tracks, quarantine, event_tables(tracks, prepared.gathered, registry))
     events = event_tables(tracks, prepared.gathered, registry, duplicate.to_list())
-    return ChunkOutput(tracks.filter(~duplicate), quarantine, events)
+    return ChunkOutput(without_empty_context(tracks.filter(~duplicate)), quarantine, events)
+
+
+def without_empty_context(tracks: pl.DataFrame) -> pl.DataFrame:
+    """Drop the context columns that only the chunk's duplicates used: whether `tracks` has such
+    a column must not depend on whether the duplicates came in a chunk of their own, which
+    writes no rows (read through the views, a column a part lacks is NULL there anyway)."""
+    empty = [name for name, nulls in zip(tracks.columns, tracks.null_count().row(0)) if nulls == tracks.height and is_context_column(name)]
+    return tracks.drop(empty) if empty and tracks.height else tracks
 
 
 class ChunkWorkers(ProcessPoolExecutor):
