@@ -305,14 +305,14 @@ def capped_context(tracks: pl.DataFrame, day_columns: set[str], names_in_order: 
     return moved_context(tracks, folded, lifted) if folded or lifted else tracks
 
 
-def tracks_frame(chunk: ValidatedChunk, received_date: dt.date, context: list[pl.Series] | None = None) -> pl.DataFrame:
+def tracks_frame(chunk: ValidatedChunk, received_date: dt.date, context: list[pl.Series]) -> pl.DataFrame:
     """The accepted messages of a chunk as `tracks` rows (before de-duplication); `context`, their
-    context columns if already flattened."""
+    context columns, flattened (see ContextFlattener)."""
     fields = chunk.accepted
     if not fields:
         return empty_tracks()
     columns = dict(zip(TrackFields._fields, map(list, zip(*fields))))  # transposed in C, not per field
-    contexts = columns.pop("context")
+    del columns["context"]  # flattened into `context`
     for name in TIME_COLUMNS:  # the texts; `chunk.times` has them typed
         del columns[name]
     del columns["properties"]  # `properties_json` has them as text
@@ -344,7 +344,7 @@ def tracks_frame(chunk: ValidatedChunk, received_date: dt.date, context: list[pl
         "line_number",
         "batch_index",
     )
-    return standard.hstack([*(context_columns(contexts) if context is None else context), *trailing.get_columns()])
+    return standard.hstack([*context, *trailing.get_columns()])
 
 
 def located(frame: pl.DataFrame, chunk: Piece) -> pl.DataFrame:
