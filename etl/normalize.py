@@ -274,10 +274,7 @@ def moved_context(tracks: pl.DataFrame, folded: list[str], lifted: list[str]) ->
         wide = pl.DataFrame({"row": range(tracks.height)}, schema={"row": pl.Int64}).join(
             cells.pivot(on="name", index="row", values="text"), on="row", how="left", maintain_order="left",
         )
-        tracks = tracks.hstack([
-            wide.get_column(name) if name in wide.columns else pl.Series(name, [None] * tracks.height, dtype=pl.String)
-            for name in lifted
-        ])
+        tracks = tracks.hstack(wide.select(lifted).get_columns())  # each a name the chunk spilled in some row
     if any(text is not None for text in merged):
         return tracks.with_columns(pl.Series(CONTEXT_OVERFLOW, merged, dtype=pl.String))
     return tracks.drop(CONTEXT_OVERFLOW, strict=False)  # as a chunk that spilled nothing: no column
