@@ -61,7 +61,8 @@ class StageClock:
         """The check results with every stage's seconds, the checks' own included: they come
         after the materializations, which go first so that a load is recorded even if a check
         then crashes (the models refresh after recorded loads)."""
-        return [result.with_metadata({**result.metadata, **self.metadata()}) for result in check_results]
+        timings = self.metadata()
+        return [result.with_metadata({**result.metadata, **timings}) for result in check_results]
 
 
 def stage_seconds(metadata: dict[str, dg.MetadataValue]) -> dict[str, float]:
