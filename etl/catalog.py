@@ -238,12 +238,23 @@ def event_columns_written(warehouse: Path) -> dict[str, set[str]]:
 
 def event_view_sql(source: str, present: set[str], properties: list[Column]) -> str:
     """Standard, context and provenance columns as written, then every registered property column
-    cast to its registry type (NULL for partitions written before the column existed)."""
+    cast to its registry type (NULL for partitions written before the column existed).
+
+    An int column's files are read as they are, uncast: a view outlives its catalog (a reader's
+    open session, or the moment between a day's publishing and the rebuild), and once a later
+    day widens the column to float, `cast(… as BIGINT)` rounded its 1.5 to 2 without a word.
+    Read as written, the files that are all BIGINT give BIGINT, and one DOUBLE file makes it
+    DOUBLE for every row, values intact."""
     context = sorted(c for c in present if is_context_column(c))
     selected = [quote_identifier(c) for c in (*EVENT_LEADING_COLUMNS, *context, *EVENT_PROVENANCE_COLUMNS) if c in present]
     for column in properties:
-        value = quote_identifier(column.name) if column.name in present else "NULL"
-        selected.append(f"cast({value} as {DUCKDB_TYPES[column.type]}) as {quote_identifier(column.name)}")
+        name = quote_identifier(column.name)
+        if column.name not in present:
+            selected.append(f"cast(NULL as {DUCKDB_TYPES[column.type]}) as {name}")
+        elif column.type == "int":
+            selected.append(name)
+        else:
+            selected.append(f"cast({name} as {DUCKDB_TYPES[column.type]}) as {name}")
     selected.append("received_date")
     return f"select {', '.join(selected)} from {source}"
 

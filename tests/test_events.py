@@ -158,6 +158,21 @@ def test_int_widens_to_float_and_older_partitions_read_with_it(logs, warehouse):
     assert query(warehouse, "select count(*) from discards") == [(0,)]
 
 
+def test_a_reader_on_the_catalog_before_a_widening_reads_the_widened_values_intact(logs, warehouse):
+    """A view outlives its catalog (an analyst's open session, or the moment between a day's
+    publishing and the rebuild): once a later day widens a column, it must not round 1.5 to 2."""
+    load(logs, warehouse, {"2025-01-14": [track("A", messageId="m1", properties={"price": 3})]})
+    with duckdb.connect(str(warehouse / "warehouse.duckdb"), read_only=True) as reader:
+        load(logs, warehouse, {DAY: [track("A", messageId="m2", properties={"price": 2.5})]})
+        assert reader.execute("select message_id, price from a order by 1").fetchall() == [("m1", 3.0), ("m2", 2.5)]
+    assert query(warehouse, "select typeof(price) from a limit 1") == [("DOUBLE",)]
+
+
+def test_an_int_column_reads_as_bigint_with_partitions_that_lack_it(logs, warehouse):
+    load(logs, warehouse, {"2025-01-14": [track("A", messageId="m1")], DAY: [track("A", messageId="m2", properties={"n": 7})]})
+    assert query(warehouse, "select message_id, n, typeof(n) from a order by 1") == [("m1", None, "BIGINT"), ("m2", 7, "BIGINT")]
+
+
 def test_an_integer_past_64_bits_fits_a_float_column(logs, warehouse):
     load(logs, warehouse, {DAY: [
         track("A", messageId="m1", properties={"price": 2.5}),
