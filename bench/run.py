@@ -7,8 +7,9 @@
 
 What one run does, on the same generated files (bench/generate.py, one received day each):
 1. for each size, the parse ceiling (bench/ceiling.py: read + orjson.loads per line, one
-   process, one core) and the full `etl run --logs L --warehouse W --date D` on a fresh
-   warehouse, `--repeat` times each; the figures are the medians;
+   process, one core), the checks ceiling (bench/ceiling.py --checks: trackhouse's reading and
+   validation alone, one process) and the full `etl run --logs L --warehouse W --date D` on a
+   fresh warehouse, `--repeat` times each; the figures are the medians;
 2. on the smallest size only, the peers (bench/peers/*.py) in their own virtualenv
    bench/.venv-peers (created on first use; bench-only dependencies, never runtime ones):
    dlt 1.x into DuckDB via Parquet, pandas json_normalize + to_parquet, DuckDB read_json +
@@ -346,14 +347,23 @@ def run_trackhouse(meta: dict, repeat: int, timeout: float, files: int | None = 
     return row
 
 
-def run_ceiling(meta: dict, repeat: int, timeout: float) -> Row:
+PARSE_CEILING = "parse ceiling (read + orjson.loads, 1 core)"
+CHECKS_CEILING = "checks ceiling (read + trackhouse's validation, 1 core)"
+
+
+def run_ceiling(meta: dict, repeat: int, timeout: float, checks: bool = False) -> Row:
+    """bench/ceiling.py on the day: the parse ceiling, or with `checks` the checks ceiling."""
     size, day = meta["events"], meta["day"]
-    row = Row("parse ceiling (read + orjson.loads, 1 core)", size, meta["totals"]["raw_bytes"])
+    row = Row(CHECKS_CEILING if checks else PARSE_CEILING, size, meta["totals"]["raw_bytes"])
+    name = "checks-ceiling" if checks else "ceiling"
     for i in range(1, repeat + 1):
-        m = measure([str(PROJECT_PY), str(BENCH / "ceiling.py"), str(Path(meta["root"]) / day)], cwd=ROOT, timeout=timeout,
-                    stdout=WORK / "runs" / f"ceiling-{label(size)}-{i}.out", stderr=WORK / "runs" / f"ceiling-{label(size)}-{i}.err")
+        command = [str(PROJECT_PY), str(BENCH / "ceiling.py"), *(["--checks"] if checks else []), str(Path(meta["root"]) / day)]
+        m = measure(command, cwd=ROOT, timeout=timeout,
+                    stdout=WORK / "runs" / f"{name}-{label(size)}-{i}.out", stderr=WORK / "runs" / f"{name}-{label(size)}-{i}.err")
         record(row, m, i, repeat)
     row.output = last_json(row.runs[-1].stdout_text())
+    if checks and row.output.get("messages") != size:
+        row.note = f"validated {row.output.get('messages')} messages, expected {size:,}"
     return row
 
 
@@ -548,7 +558,8 @@ def parse_size(text: str) -> int:
 
 def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: list[Row], peer_rows: list[Row],
            peers_note: str, profile: dict | None, start: Measurement | None) -> str:
-    ceilings = {r.size: r for r in rows if r.tool.startswith("parse ceiling")}
+    ceilings = {r.size: r for r in rows if r.tool == PARSE_CEILING}
+    checks_ceilings = {r.size: r for r in rows if r.tool == CHECKS_CEILING and r.ok_runs}
     trackhouse = {r.size: r for r in rows if r.tool == TRACKHOUSE}
     out: list[str] = []
     w = out.append
@@ -609,6 +620,12 @@ def report(args: argparse.Namespace, info: dict, datasets: list[dict], rows: lis
     w("- *× parse ceiling*: events/s divided by the parse ceiling's events/s on the same files (1.00 = as fast as "
       "reading and `orjson.loads` of every line in one process, doing nothing else); the small-files row is "
       "divided by the ceiling of the same size in its usual few files.")
+    if checks_ceilings:
+        largest = checks_ceilings[max(checks_ceilings)]
+        w(f"- *checks ceiling*: trackhouse's own reading and validation (every rule of the contract) in one process, nothing "
+          f"else. Every message passes through it, so with {info['nproc']} cores a loader validating in Python stays under "
+          f"{info['nproc']} × its events/s: {fmt_int(info['nproc'] * largest.events_per_s)} events/s at {fmt_int(largest.size)} "
+          "(its wall time includes interpreter start-up, as every row's does).")
     for r in rows:
         if r.note:
             w(f"- {r.tool} at {fmt_int(r.size)}: {r.note}")
@@ -770,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     for meta in datasets:
         log(f"size {label(meta['events'])}:")
         rows.append(run_ceiling(meta, args.repeat, args.timeout))
+        rows.append(run_ceiling(meta, args.repeat, args.timeout, checks=True))
         rows.append(run_trackhouse(meta, args.repeat, args.timeout))
     if args.small_files:
         small = ensure_logs(sizes[0], args.seed, args.day, args.small_files)

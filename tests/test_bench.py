@@ -1,4 +1,5 @@
-"""The benchmark reads the stage times `etl run` prints: the two must keep agreeing."""
+"""The benchmark reads the stage times `etl run` prints, and its checks ceiling validates what a
+load validates: each must keep agreeing with the code it measures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import track, write_log
 
 from dagster_project.cli import main
+from etl.pipeline import load_day
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -41,3 +43,19 @@ def test_the_benchmark_reads_every_stage_etl_run_says_it_ran(bench_run, logs, wa
     assert list(seconds) == list(bench_run.STAGES)
     assert all(seconds[stage] > 0 for stage in bench_run.STAGES)
     assert sum(seconds.values()) == pytest.approx(100.0)
+
+
+def test_the_checks_ceiling_validates_every_message_a_load_does(logs, warehouse):
+    write_log(logs / "2025-01-14" / "a.ndjson", [
+        track(messageId="m1"), "not json", {"batch": [track(messageId="m2"), track(event="", messageId="m3"), track(messageId="m5")]}, "",
+    ])
+    write_log(logs / "2025-01-14" / "b.ndjson.gz", [track(messageId="m4", timestamp="yesterday")], gzipped=True)
+    spec = importlib.util.spec_from_file_location("bench_ceiling", BENCH / "ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    measured = ceiling.checks(logs / "2025-01-14")
+    loaded = load_day(logs, warehouse, "2025-01-14")
+    assert {k: measured[k] for k in ("files", "lines", "messages", "accepted", "quarantined")} == {
+        "files": 2, "lines": loaded.lines, "messages": loaded.messages, "accepted": loaded.accepted,
+        "quarantined": loaded.quarantined,
+    } == {"files": 2, "lines": 5, "messages": 6, "accepted": 3, "quarantined": 3}
