@@ -273,6 +273,9 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
         if cause is not None and (cause in INTERRUPTIONS or cause.partition(":")[0] in INTERRUPTIONS):
             raise Interrupted(INTERRUPTED.format(what=what))
         more = "rerun with TRACKHOUSE_DEBUG=1 for the traceback" + ("" if instance.is_ephemeral else f", or open run {result.run_id} in the Dagster UI")
+        if cause is not None and cause.startswith("PermissionError"):
+            # A folder inside the warehouse made read-only: the path named is often a staging one.
+            cause += f": give this user write access to everything under {config.warehouse}, or pass --warehouse DIR"
         raise RuntimeError(f"{what} failed: {cause or 'see the Dagster run log'} ({more})")
     say(f"  {day or 'models'} {format_stages(result)}")
     return reported_failures(result.get_asset_check_evaluations(), day)

@@ -24,7 +24,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.scope import build_scope
 
-from etl.catalog import bounded, parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
+from etl.catalog import bounded, damaged_file_advice, parquet_source, quote_identifier, quote_literal, rebuild_catalog, writer_lock
 from etl.write import swap_in
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -123,13 +123,26 @@ def build_order(models: dict[str, Model]) -> list[str]:
         raise ModelError(f"models depend on each other in a cycle: {' → '.join(error.args[1])}") from None
 
 
+def damaged_or(error: duckdb.Error, warehouse: Path, what: str) -> Exception:
+    """A model run's DuckDB error as one line, saying what rewrites the warehouse file it could not
+    read (a day's rerun): the error itself only named the file. Any other error is the model's."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    advice = damaged_file_advice(warehouse, error)
+    return ModelError(f"{what} failed: {first_line}" + (f": {advice}" if advice else ""))
+
+
 def create_sources(connection: duckdb.DuckDBPyConnection, warehouse: Path, seeds_dir: Path, models: dict[str, Model]) -> None:
     """`tracks` over the Parquet (with any `context_…` column a model uses and no day has yet, as
     NULL) and the seeds as typed tables."""
     source = parquet_source(warehouse / "tracks")
     if source is None:
         raise ModelError(f"no tracks under {warehouse}: load some days first with `etl run`")
-    present = {row[0] for row in connection.execute(f"describe select * from {source}").fetchall()}
+    try:
+        present = {row[0] for row in connection.execute(f"describe select * from {source}").fetchall()}
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error as error:
+        raise damaged_or(error, warehouse, "reading tracks") from None
     used = set().union(*(m.columns_used for m in models.values()))
     missing = sorted(c for c in used if c.startswith("context_") and c not in present)
     extra = "".join(f", NULL::VARCHAR as {quote_identifier(c)}" for c in missing)
@@ -210,7 +223,7 @@ def refresh_models(warehouse: Path, sql_dir: Path = SQL_DIR, seeds_dir: Path | N
                 except duckdb.InterruptException:
                     raise  # Ctrl-C, not a model to fix
                 except duckdb.Error as error:
-                    raise ModelError(f"{name}.sql failed: {str(error).splitlines()[0]}") from None
+                    raise damaged_or(error, warehouse, f"{name}.sql") from None
                 connection.execute(f"create view {quote_identifier(name)} as select * from read_parquet({target})")
                 rows[name] = connection.execute(f"select count(*) from {quote_identifier(name)}").fetchone()[0]
             for name in order:

@@ -195,10 +195,19 @@ def is_log_file(path: Path) -> bool:
     return (path.is_file() or (path.is_symlink() and not path.exists())) and name.endswith(LOG_SUFFIXES)
 
 
+class UnreadableDayFolder(Exception):
+    """A day folder that cannot be listed: loading it as an empty day would lose its logs."""
+
+
 def list_day_files(logs_root: Path, day: str) -> DayFiles:
     """Log files of a day sorted by name (the order that decides which duplicate wins)."""
     folder = logs_root / day
-    entries = sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []
+    except OSError as error:
+        raise UnreadableDayFolder(
+            f"cannot read day folder {readable_path(str(folder))} ({error.strerror}): give this user read access to it, then rerun the day"
+        ) from None
     files = [p for p in entries if is_log_file(p)]
     ignored = [p for p in entries if not is_log_file(p)]
     return DayFiles(day=day, files=files, ignored=ignored)

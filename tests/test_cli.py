@@ -21,7 +21,7 @@ from dagster_project import assets, cli, launch
 from dagster_project.assets import counts_table
 from dagster_project.cli import dagster_instance, ensure_writable, format_summaries, main, repeated_failures
 from dagster_project.resources import TrackhouseConfig
-from etl import checks
+from etl import checks, write
 from etl.models import ModelError, model_names
 from etl.pipeline import DaySummary, MissingLogs
 
@@ -179,6 +179,52 @@ def test_a_logs_folder_this_user_cannot_read_is_a_usage_error(logs, warehouse, c
     monkeypatch.setattr(cli, "list_days", refused)
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 2
     assert one_line_error(capsys) == f"etl: cannot read logs folder {logs} (Permission denied): give this user read access, or pass --logs DIR"
+
+
+def test_a_day_folder_this_user_cannot_read_fails_its_load_saying_what_to_do(logs, warehouse, capsys, monkeypatch):
+    # Simulated as above. Loaded as an empty day, its logs would have been lost from the warehouse.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    listed = Path.iterdir
+
+    def refused(folder: Path):
+        if folder.name == "2025-01-14":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return listed(folder)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    progress, said = capsys.readouterr().err.splitlines()
+    assert progress == "loading 2025-01-14"
+    assert said.startswith(
+        f"etl: loading 2025-01-14 failed: UnreadableDayFolder: cannot read day folder {logs / '2025-01-14'} (Permission denied): "
+        "give this user read access to it, then rerun the day"
+    )
+
+
+def test_a_folder_inside_the_warehouse_this_user_cannot_write_is_said_with_what_to_do(logs, warehouse, capsys, monkeypatch):
+    # Simulated (root writes anywhere): `tracks/` made read-only fails the swap of the day's files.
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+
+    def refused(staged: Path, target: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(write, "swap_in", refused)
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 1
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.startswith("etl: loading 2025-01-14 failed: PermissionError: ")
+    assert f": give this user write access to everything under {warehouse}, or pass --warehouse DIR (rerun with" in said
+
+
+def test_models_over_a_damaged_tracks_file_name_the_day_to_rerun(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    [part] = (warehouse / "tracks" / "received_date=2025-01-14").glob("*.parquet")
+    part.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["models", "--warehouse", str(warehouse)]) == 1
+    said = one_line_error(capsys)
+    assert "too small to be a Parquet file" in said
+    assert f"rerun 2025-01-14 (`etl run --date 2025-01-14`) to rewrite tracks/received_date=2025-01-14/{part.name}" in said
 
 
 def test_a_stderr_reader_leaving_early_stops_no_day_of_the_run(logs, warehouse):
