@@ -9,10 +9,12 @@ run on to it, as every day folder is a partition.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import dagster as dg
 
+from etl import LOGGER
 from etl.read import list_days
 
 FALLBACK_START = "2024-01-01"
@@ -25,6 +27,13 @@ def received_days(logs_root: Path) -> dg.DailyPartitionsDefinition:
         raise RuntimeError(
             f"cannot read the logs root {logs_root} ({error.strerror}): give this user read access, or set TRACKHOUSE_LOGS to another folder"
         ) from None
+    if not logs_root.is_dir():
+        # Said where the code location loads: a relative TRACKHOUSE_LOGS (or the default) counts
+        # from the folder Dagster was started in, and from elsewhere the partitions were a guess.
+        logging.getLogger(LOGGER).warning(
+            f"logs root {logs_root} is not a folder, so the partitions start at {FALLBACK_START}: set TRACKHOUSE_LOGS to "
+            "the folder of YYYY-MM-DD day folders (a relative path counts from where Dagster starts), or start it in the checkout"
+        )
     today = dt.datetime.now(dt.UTC).date()
     days_after_today = (dt.date.fromisoformat(days[-1]) - today).days if days else 0
     return dg.DailyPartitionsDefinition(

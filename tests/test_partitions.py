@@ -26,6 +26,20 @@ def test_partitions_start_at_the_earliest_day_folder_and_run_to_today(logs):
     assert keys[0] == "2024-03-05" and keys[-1] == dt.datetime.now(dt.UTC).date().isoformat()
 
 
+def test_a_logs_root_that_is_not_there_is_said_where_the_code_location_loads(tmp_path, caplog):
+    # `dagster dev` started outside the checkout: the default `data/samples` is then nowhere.
+    partitions_def = received_days(tmp_path / "data" / "samples")
+    assert partitions_def.start.date().isoformat() == partitions.FALLBACK_START
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said.startswith(f"logs root {tmp_path / 'data' / 'samples'} is not a folder, so the partitions start at 2024-01-01: set TRACKHOUSE_LOGS")
+
+
+def test_an_existing_logs_root_loads_without_a_warning(logs, caplog):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track()])
+    received_days(logs)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_logs_root_the_code_location_cannot_read_is_said_in_one_line(logs, monkeypatch):
     # A PermissionError's traceback was all the Dagster UI showed of it.
     def refused(root):
