@@ -261,9 +261,12 @@ def failure_cause(result: dg.ExecuteInProcessResult) -> str | None:
     return f"{cause.cls_name}: {detail}" if detail else cause.cls_name
 
 
-def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: dg.DagsterInstance, what: str, day: str | None = None) -> list[str]:
+def materialize(
+    asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: dg.DagsterInstance, what: str, day: str | None = None,
+) -> tuple[list[str], list]:
     """Run the asset; raise on a failed run. Each failed check is named on stderr as it comes
-    (a completed run with a failed check is no silent success); ERROR ones are returned."""
+    (a completed run with a failed check is no silent success); returns the ERROR ones, and
+    every check evaluation."""
     result = dg.materialize(
         [asset], partition_key=day, resources={"trackhouse": config},
         instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False,
@@ -278,7 +281,17 @@ def materialize(asset: dg.AssetsDefinition, config: TrackhouseConfig, instance: 
             cause += f": give this user write access to everything under {config.warehouse}, or pass --warehouse DIR"
         raise RuntimeError(f"{what} failed: {cause or 'see the Dagster run log'} ({more})")
     say(f"  {day or 'models'} {format_stages(result)}")
-    return reported_failures(result.get_asset_check_evaluations(), day)
+    evaluations = result.get_asset_check_evaluations()
+    return reported_failures(evaluations, day), evaluations
+
+
+def copies_across_days(evaluations: list) -> int | None:
+    """How many copies of messages received on more than one day `stg_tracks` dropped, as its
+    check counted them (the per-day summary counts only a day's own duplicates)."""
+    for check in evaluations:
+        if check.check_name == "cross_partition_duplicates" and "duplicates_removed" in check.metadata:
+            return check.metadata["duplicates_removed"].value
+    return None
 
 
 def format_stages(result: dg.ExecuteInProcessResult) -> str:
@@ -370,13 +383,18 @@ def run(args: argparse.Namespace) -> int:
     summaries, errors = [], []
     for day in days:
         say(f"loading {day}")
-        errors += materialize(load_asset, config, instance, f"loading {day}", day)
+        errors += materialize(load_asset, config, instance, f"loading {day}", day)[0]
         summaries.append(DaySummary(**read_manifest(config.warehouse, day)))
         if not summaries[-1].files:
             say(f"  {day}/ holds no log files (.ndjson, .jsonl, .json, each maybe .gz): loaded as an empty day")
     say("refreshing the SQL models")
-    errors += materialize(sql_models, config, instance, "refreshing the models")
+    failed, evaluations = materialize(sql_models, config, instance, "refreshing the models")
+    errors += failed
     emit(format_summaries(summaries))
+    copies = copies_across_days(evaluations)
+    if copies is not None:
+        emit(f"duplicates across days (all loaded days): {copies} (a message received again on another day: "
+             "stg_tracks and the models keep the earliest received)")
     emit(f"\n{format_reports(config.warehouse)}")
     emit(f"\nwarehouse: {config.warehouse}  (DuckDB: {config.warehouse / DATABASE_FILE})")
     if errors:
@@ -389,7 +407,7 @@ def models(args: argparse.Namespace) -> int:
     if not config.warehouse.is_file() and not (config.warehouse / "tracks").is_dir():
         raise UsageError(f"no tracks under {config.warehouse}: load days first with `etl run --warehouse {args.warehouse}`")
     ensure_writable(config.warehouse)  # a file, or read-only: said in one line before Dagster starts
-    errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")
+    errors = materialize(sql_models, config, dagster_instance(), "refreshing the models")[0]
     emit(format_reports(config.warehouse))
     if errors:
         raise failed_checks_error(errors)

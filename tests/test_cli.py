@@ -43,6 +43,16 @@ def test_run_loads_every_day_folder_and_prints_a_summary(logs, warehouse, capsys
     assert query(warehouse, "select count(*) from tracks") == [(2,)]
 
 
+def test_run_counts_the_duplicates_across_days_that_stg_tracks_left_out(logs, warehouse, capsys):
+    write_log(logs / "2025-01-14" / "a.ndjson", [track(messageId="m1"), track(messageId="m2")])
+    write_log(logs / "2025-01-15" / "a.ndjson", [track(messageId="m1"), track(messageId="m3"), track(messageId="m3")])
+    assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert "duplicates across days (all loaded days): 1 (a message received again on another day: " \
+        "stg_tracks and the models keep the earliest received)" in said
+    assert [line.split()[7] for line in said if line.startswith("2025-01-1")] == ["0", "1"]  # each day's own
+
+
 def test_run_says_how_long_each_stage_of_each_day_and_of_the_models_took(logs, warehouse, capsys):
     write_log(logs / "2025-01-14" / "a.ndjson", [track()])
     assert run("--logs", str(logs), "--warehouse", str(warehouse)) == 0
