@@ -110,13 +110,6 @@ class PropertyGatherer:
                     sink.put((name,), row, converted)
 
 
-def gather_properties(fields: list[TrackFields], events: list[str]) -> dict[str, EventProperties]:
-    """The chunk's accepted messages grouped by event table, their properties flattened at once."""
-    gatherer = PropertyGatherer()
-    gatherer.add(fields, events)
-    return gatherer.by_event
-
-
 def drop_paths_full_tables_cannot_take(gathered: dict[str, EventProperties], full_tables: dict[str, frozenset[str]]) -> None:
     """For an event table whose column cap is reached, and so can never take another column,
     drop the values of every path it has no column for, keeping per row how many went (they are

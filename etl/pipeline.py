@@ -29,7 +29,7 @@ import polars as pl
 from etl import LOGGER
 from etl.dedupe import SeenMessageIds
 from etl.events import (
-    EventProperties, EventTables, PropertyGatherer, drop_paths_full_tables_cannot_take, empty_discards, event_tables, gather_properties,
+    EventProperties, EventTables, PropertyGatherer, drop_paths_full_tables_cannot_take, empty_discards, event_tables,
 )
 from etl.names import event_table_name, is_context_column
 from etl.normalize import (
@@ -264,19 +264,16 @@ def prepare_chunk(
             chunk = validate_chunk(piece, walked.add, max(max_messages, piece.line_count()))
         else:
             chunk = VALIDATORS[type(piece)](piece)
-        if walked is not None and walked.messages == len(chunk.accepted):
-            context = walked.context
-            tracks = tracks_frame(chunk, received_date, context.series())
-            gathered = walked.properties.by_event
-        else:  # none walked yet, or `settle_timestamps` quarantined some after their walk: walk the rest now
-            context = ContextFlattener(len(chunk.accepted))
-            context.add([f.context for f in chunk.accepted])
-            tracks = tracks_frame(chunk, received_date, context.series())
-            gathered = gather_properties(chunk.accepted, tracks["event"].to_list())
+        if walked is None or walked.messages != len(chunk.accepted):
+            # None walked yet, or `settle_timestamps` quarantined some after their walk: walk them all again.
+            walked = WalkedWhileValidating(len(chunk.accepted))
+            walked.add(chunk.accepted)
+        tracks = tracks_frame(chunk, received_date, walked.context.series())
+        gathered = walked.properties.by_event
         chunk.accepted, chunk.times = [], empty_times()
         if full_tables:
             drop_paths_full_tables_cannot_take(gathered, full_tables)
-        return PreparedChunk(chunk, tracks, gathered, context.names_in_order())
+        return PreparedChunk(chunk, tracks, gathered, walked.context.names_in_order())
 
 
 @dataclass
