@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from etl.names import is_context_column
-from etl.normalize import UTC_MICROS, json_text
+from etl.normalize import UTC_MICROS, json_text, without_empty_context
 from etl.registry import CONVERTED_PROPERTIES, Column, SchemaRegistry, is_converted, path_key
 from etl.validate import INVALID, TrackFields, as_float, parse_timestamp
 
@@ -264,11 +264,8 @@ def event_tables(
         height = len(sink.positions)
         # Plain indexing, not select/filter: those plan a lazy query each time, ten times the
         # cost on a chunk's few hundred rows, paid per event table in the main process. The rows
-        # kept only: a context column that only duplicates used is no column of the chunk, as
-        # when they come in a chunk of their own (see `finish_chunk`).
-        base = tracks[sink.positions if keep is None else [p for p, k in zip(sink.positions, keep) if k], base_columns]
-        nulls = base.null_count().row(0)
-        base = base[[c for c, n in zip(base.columns, nulls) if not is_context_column(c) or n < base.height]]
+        # kept only, and the context columns they hold.
+        base = without_empty_context(tracks[sink.positions if keep is None else [p for p, k in zip(sink.positions, keep) if k], base_columns])
         series = []
         for path, (rows, values) in sink.cells.items():
             column = columns.get(path_key(path))

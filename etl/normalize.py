@@ -302,6 +302,15 @@ def capped_context(tracks: pl.DataFrame, day_columns: set[str], names_in_order: 
     return moved_context(tracks, folded, lifted) if folded or lifted else tracks
 
 
+def without_empty_context(frame: pl.DataFrame) -> pl.DataFrame:
+    """Drop the context columns no row of `frame` holds: those only a chunk's duplicates used.
+    Whether `tracks` or an event table has such a column must not depend on whether the
+    duplicates came in a chunk of their own, which writes no rows (read through the views, a
+    column a part lacks is NULL there anyway)."""
+    empty = [name for name, nulls in zip(frame.columns, frame.null_count().row(0)) if nulls == frame.height and is_context_column(name)]
+    return frame.drop(empty) if empty and frame.height else frame
+
+
 def tracks_frame(chunk: ValidatedChunk, received_date: dt.date, context: list[pl.Series]) -> pl.DataFrame:
     """The accepted messages of a chunk as `tracks` rows (before de-duplication); `context`, their
     context columns, flattened (see ContextFlattener)."""

@@ -34,6 +34,7 @@ from etl.events import (
 from etl.names import event_table_name, is_context_column
 from etl.normalize import (
     QUARANTINE_SCHEMA, ContextFlattener, capped_context, empty_quarantine, empty_tracks, located, quarantine_frame, tracks_frame,
+    without_empty_context,
 )
 from etl.read import (
     CHUNK_BYTES, FileBreak, LineChunk, LongLine, MessageBudget, Piece, coalesced, list_day_files, read_chunks, readable_path,
@@ -308,13 +309,6 @@ def finish_chunk(
     events = event_tables(tracks, prepared.gathered, registry, duplicate.to_list())
     return ChunkOutput(without_empty_context(tracks.filter(~duplicate)), quarantine, events)
 
-
-def without_empty_context(tracks: pl.DataFrame) -> pl.DataFrame:
-    """Drop the context columns that only the chunk's duplicates used: whether `tracks` has such
-    a column must not depend on whether the duplicates came in a chunk of their own, which
-    writes no rows (read through the views, a column a part lacks is NULL there anyway)."""
-    empty = [name for name, nulls in zip(tracks.columns, tracks.null_count().row(0)) if nulls == tracks.height and is_context_column(name)]
-    return tracks.drop(empty) if empty and tracks.height else tracks
 
 
 class ChunkWorkers(ProcessPoolExecutor):
