@@ -235,13 +235,6 @@ class ContextFlattener:
         return self.out.names_in_order()
 
 
-def context_columns(contexts: list[Any]) -> list[pl.Series]:
-    """The context columns of `contexts` flattened at once (see ContextFlattener)."""
-    flattener = ContextFlattener(len(contexts))
-    flattener.add(contexts)
-    return flattener.series()
-
-
 def moved_context(tracks: pl.DataFrame, folded: list[str], lifted: list[str]) -> pl.DataFrame:
     """Move the context columns `folded` into the rows' `context_other` objects (the day already
     has as many columns as it may), and the keys `lifted` out of them into columns (the day took

@@ -39,6 +39,13 @@ DAY = "2025-01-15"
 UTC = dt.UTC
 
 
+def context_columns(contexts: list) -> list[pl.Series]:
+    """The context columns of `contexts` flattened at once, as one batch of a chunk."""
+    flattener = normalize.ContextFlattener(len(contexts))
+    flattener.add(contexts)
+    return flattener.series()
+
+
 def tracks_rows(warehouse: Path, day: str = DAY) -> pl.DataFrame:
     """All parts of a day in write order (parts may differ in their `context_` columns)."""
     parts = sorted(partition_dir(warehouse, "tracks", day).glob("*.parquet"))
@@ -123,14 +130,14 @@ def test_a_context_key_named_other_never_takes_the_overflow_column(logs, warehou
 
 
 def test_clashing_context_keys_are_named_in_key_order_each_object_after_its_levels_values():
-    series = normalize.context_columns([{"a": {"b_c": "first"}, "a_b": {"c": "second"}, "a_b_c": "third"}])
+    series = context_columns([{"a": {"b_c": "first"}, "a_b": {"c": "second"}, "a_b_c": "third"}])
     assert {s.name: s.to_list() for s in series} == {
         "context_a_b_c": ["third"], "context_a_b_c_2": ["first"], "context_a_b_c_3": ["second"],
     }
 
 
 def test_objects_below_context_other_keep_their_names():
-    series = normalize.context_columns([{"other": {"x": 1}}, {"other": "leaf"}])
+    series = context_columns([{"other": {"x": 1}}, {"other": "leaf"}])
     assert {s.name: s.to_list() for s in series} == {"context_other_x": ["1", None], "context_other_2": [None, "leaf"]}
 
 
@@ -153,7 +160,7 @@ def context_leaves(node: dict, prefix: str = "context") -> list[tuple[str, str]]
 @settings(max_examples=300)
 @given(st.lists(st.dictionaries(CONTEXT_KEYS, CONTEXTS, max_size=5) | st.none(), min_size=1, max_size=6))
 def test_every_context_value_lands_once_in_its_paths_column_or_a_numbered_one(contexts):
-    columns = {series.name: series.to_list() for series in normalize.context_columns(contexts)}
+    columns = {series.name: series.to_list() for series in context_columns(contexts)}
     for row, context in enumerate(contexts):
         expected = sorted(context_leaves(context or {}))
         asked = Counter(name for name, _ in expected)
@@ -201,7 +208,7 @@ def test_context_and_properties_walked_batch_by_batch_as_validated_are_those_of_
 
 def test_a_chunk_never_builds_more_context_columns_than_the_cap(monkeypatch):
     monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 3)
-    series = normalize.context_columns([{f"key{i}": i} for i in range(1000)])
+    series = context_columns([{f"key{i}": i} for i in range(1000)])
     assert [s.name for s in series] == ["context_key0", "context_key1", "context_key2", "context_other"]
     assert series[-1][999] == '{"context_key999":"999"}' and series[-1][2] is None
 
@@ -247,7 +254,7 @@ def test_keys_past_the_cap_that_map_to_one_name_are_numbered_in_linear_steps(mon
         self, name, row, lambda candidate: steps.append(candidate) or taken(candidate),
     ))
     context = {f"k{n}": "v" for n in range(100)} | {"z" + "!" * n: str(n) for n in range(400)}
-    series = {s.name: s.to_list() for s in normalize.context_columns([context, context])}
+    series = {s.name: s.to_list() for s in context_columns([context, context])}
     assert json.loads(series["context_other"][1]) == {"context_z": "0"} | {f"context_z_{n + 1}": str(n) for n in range(1, 400)}
     assert len(steps) < 10 * len(context)
 
@@ -256,7 +263,7 @@ def test_a_context_key_too_long_for_a_column_name_keeps_its_value_in_context_oth
     # Every event table carries every context column: 500 keys of 30,000 characters made 50-row
     # files of 65 MB and a 1.8 GB warehouse.duckdb.
     long_key = "k" * 300
-    series = {s.name: s.to_list() for s in normalize.context_columns([{long_key: "v", "page": "p"}])}
+    series = {s.name: s.to_list() for s in context_columns([{long_key: "v", "page": "p"}])}
     assert series == {"context_page": ["p"], "context_other": [f'{{"context_{long_key}":"v"}}']}
 
 
@@ -337,7 +344,7 @@ def test_a_context_key_only_duplicates_sent_is_no_column_wherever_chunks_end(log
 def test_context_other_holds_its_keys_sorted_by_name(monkeypatch):
     # The same text whichever keys a chunk's cap spilled and which the day's cap folded in later.
     monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", 1)
-    series = {s.name: s.to_list() for s in normalize.context_columns([{"b": 1, "c": 1, "a": 1}])}
+    series = {s.name: s.to_list() for s in context_columns([{"b": 1, "c": 1, "a": 1}])}
     assert series == {"context_b": ["1"], "context_other": ['{"context_a":"1","context_c":"1"}']}
 
 
@@ -348,7 +355,7 @@ def test_a_clashing_keys_name_does_not_depend_on_which_names_the_cap_spilled(mon
 
     def names_and_values(cap: int) -> list[dict[str, str]]:
         monkeypatch.setattr(normalize, "MAX_CONTEXT_COLUMNS", cap)
-        series = {s.name: s.to_list() for s in normalize.context_columns(contexts)}
+        series = {s.name: s.to_list() for s in context_columns(contexts)}
         rows = []
         for row in range(len(contexts)):
             values = {name: texts[row] for name, texts in series.items() if name != "context_other" and texts[row] is not None}
